@@ -1,0 +1,112 @@
+"""Command line: ``python -m spg run`` (end to end) and ``python -m spg bench`` (performance).
+
+With no arguments, ``run`` executes the embedded default: synthetic auxiliary categories ->
+synthetic target categories, the offline ``efficientnet_lite2`` backbone, the ``default`` preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .config import stable_hash
+
+
+def _parse_set(items: list[str]) -> dict[str, dict[str, str]]:
+    sections: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set expects SECTION.FIELD=VALUE (e.g. sae.n_atoms=1024), got {item!r}")
+        sections.setdefault(section, {})[name] = value
+    return sections
+
+
+def build_config(args: argparse.Namespace):
+    """The RunConfig described by the command-line arguments."""
+    from .pipeline import RunConfig, preset_config
+
+    sections = _parse_set(args.set)
+    for name in sections:
+        if name not in {"extract", "sae", "guides", "eval", "synthetic"}:
+            raise SystemExit(f"--set section {name!r} unknown; use extract, sae, guides, eval or synthetic")
+    extract = sections.setdefault("extract", {})
+    if args.backbone:
+        extract["backbone"] = args.backbone
+    if args.weights:
+        extract["weights"] = args.weights
+    if args.seed is not None:
+        for name in ("sae", "guides", "synthetic"):
+            sections.setdefault(name, {})["seed"] = args.seed
+    top = {"aux": tuple(args.aux or RunConfig.aux), "target": tuple(args.target or RunConfig.target)}
+    if args.cache_dir:
+        top["cache_dir"] = args.cache_dir
+    return preset_config(args.preset, **sections, **top)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+
+    cfg = build_config(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{cfg.extract.backbone}-{stable_hash(cfg, 8)}"
+    t0 = time.perf_counter()
+    result = run(cfg, out, save_maps=args.save_maps, progress=not args.quiet)
+    table = result.evaluation.metrics
+    print(f"\nSPG zero-shot results ({cfg.eval.image_score} image score; AUPRO "
+          f"{'exact' if cfg.eval.aupro_thresholds is None else f'{cfg.eval.aupro_thresholds}-threshold'}):")
+    print((table * 100).round(1).to_string())
+    print(f"\nwall time {time.perf_counter() - t0:.1f} s; results in {out.resolve()}")
+    print(f"  metrics: {out / 'metrics.json'}, {out / 'metrics.csv'}; config: {out / 'run_config.json'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(quick=args.quick, out=args.out)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m spg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="extract -> SAE -> guides -> zero-shot evaluation")
+    r.add_argument("--preset", default="default", help="paper | default | smoke (default: default)")
+    r.add_argument("--aux", nargs="+", metavar="SPEC",
+                   help="auxiliary data: synthetic | mvtec:ROOT[:cat1,cat2] | visa:ROOT[:cats] (default synthetic)")
+    r.add_argument("--target", nargs="+", metavar="SPEC", help="target data, same forms (default synthetic)")
+    r.add_argument("--backbone", help="efficientnet_lite2 (default, offline) | efficientnet_lite0 | dinov3 | dinov2 | openclip")
+    r.add_argument("--weights", help="local weights file for dinov3 / dinov2 / openclip")
+    r.add_argument("--out", help="results folder (default runs/<preset>-<backbone>-<config hash>)")
+    r.add_argument("--cache-dir", help="artifact cache (default $SPG_CACHE_DIR or ~/.cache/spg)")
+    r.add_argument("--seed", type=int, help="seed of the synthetic data, the SAE and the guides")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set sae.n_atoms=1024 --set eval.image_score=lse")
+    r.add_argument("--save-maps", action="store_true", help="also write one 16-bit PNG anomaly map per target image")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+    b = sub.add_parser("bench", help="measure each stage against its limit")
+    b.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+    b.add_argument("--out", default=None, help="where to write the JSON/CSV results")
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = make_parser()
+    args = parser.parse_args(argv or ["run"])
+    from .errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Token extraction and the on-disk token store.
+
+A backbone is run once over a dataset; its global tokens, patch-token grids and the binarised
+input-size masks are written to a content-addressed cache folder as float16 / uint8 ``.npy`` files
+that are memory-mapped when read. SAE and guide training then stream batches from the store
+without loading it into memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .cache import artifact_path, atomic_artifact, is_complete
+
+FEATURES_SCHEMA_VERSION = 1
+RECORD_FIELDS = ("path", "label", "category", "defect")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How tokens are extracted (the backbone's own preprocessing is stored with the backbone)."""
+
+    backbone: str = "efficientnet_lite2"
+    """Registered backbone name (``spg.backbones.available_backbones()``)."""
+    weights: str | None = None
+    """Local weights file for the paper backbones (dinov3, dinov2, openclip); None: env var or hub cache."""
+    batch_size: int = 8
+    """Images per forward pass."""
+    num_workers: int = 1
+    """DataLoader worker processes decoding images while the backbone runs (0: decode inline)."""
+
+
+class TokenStore:
+    """Read access to an extracted token cache folder (memory-mapped, float16 on disk)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.meta: dict[str, Any] = json.loads((self.folder / "meta.json").read_text())
+        if self.meta.get("schema_version") != FEATURES_SCHEMA_VERSION:
+            raise ValueError(
+                f"{self.folder}: feature schema {self.meta.get('schema_version')} != "
+                f"{FEATURES_SCHEMA_VERSION}; delete the folder to re-extract."
+            )
+        self.global_tokens = np.load(self.folder / "global.npy", mmap_mode="r")
+        self.patches = np.load(self.folder / "patches.npy", mmap_mode="r")
+        self.masks = np.load(self.folder / "masks.npy", mmap_mode="r")
+        records = json.loads((self.folder / "records.json").read_text())
+        self.paths = [r["path"] for r in records]
+        self.labels = np.array([r["label"] for r in records], dtype=np.int64)
+        self.categories = np.array([r["category"] for r in records])
+        self.defects = np.array([r["defect"] for r in records])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def dim(self) -> int:
+        return int(self.patches.shape[-1])
+
+    @property
+    def grid(self) -> int:
+        return int(self.patches.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.masks.shape[-1])
+
+    @property
+    def key(self) -> str:
+        return self.folder.name
+
+    def category_names(self) -> list[str]:
+        return sorted(set(self.categories.tolist()))
+
+    def indices(self, category: str | None = None) -> np.ndarray:
+        """Image indices, all or of one category."""
+        return np.arange(len(self)) if category is None else np.flatnonzero(self.categories == category)
+
+    def batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Tokens, masks and labels of images ``idx`` as float32 / int64 tensors."""
+        idx = np.sort(np.asarray(idx))
+        return {
+            "global": torch.from_numpy(self.global_tokens[idx].astype(np.float32)),
+            "patches": torch.from_numpy(self.patches[idx].astype(np.float32)),
+            "masks": torch.from_numpy(self.masks[idx].astype(np.float32)),
+            "labels": torch.from_numpy(self.labels[idx]),
+            "index": torch.from_numpy(idx),
+        }
+
+    def iter_batches(
+        self, batch_images: int, *, shuffle_seed: int | None = None, indices: np.ndarray | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of ``batch_images`` images, in a seeded random order when ``shuffle_seed`` is set."""
+        order = self.indices() if indices is None else np.asarray(indices)
+        if shuffle_seed is not None:
+            order = np.random.default_rng(shuffle_seed).permutation(order)
+        for start in range(0, len(order), batch_images):
+            yield self.batch(order[start : start + batch_images])
+
+    def iter_patch_tokens(self, batch_images: int, *, shuffle_seed: int | None = None) -> Iterator[torch.Tensor]:
+        """Only the patch tokens, flattened to ``[batch_images * h * w, d]`` float32."""
+        order = self.indices()
+        if shuffle_seed is not None:
+            order = np.random.default_rng(shuffle_seed).permutation(order)
+        for start in range(0, len(order), batch_images):
+            idx = np.sort(order[start : start + batch_images])
+            yield torch.from_numpy(self.patches[idx].astype(np.float32).reshape(-1, self.dim))
+
+
+def feature_key(backbone_description: dict[str, Any], dataset_fingerprint: str, dataset_name: str) -> dict[str, Any]:
+    """What identifies a token cache: backbone (incl. preprocessing and weights), dataset, schema."""
+    return {
+        "schema_version": FEATURES_SCHEMA_VERSION,
+        "backbone": backbone_description,
+        "dataset": dataset_name,
+        "dataset_fingerprint": dataset_fingerprint,
+    }
+
+
+@torch.inference_mode()
+def extract_features(
+    dataset: Any, backbone: Any, cache_dir: Path, cfg: ExtractConfig, *, progress: bool = True
+) -> TokenStore:
+    """Run ``backbone`` over ``dataset`` once and return the (possibly already cached) token store."""
+    key = feature_key(backbone.describe(), dataset.fingerprint(), dataset.name)
+    folder = artifact_path(cache_dir, "features", key)
+    if is_complete(folder):
+        return TokenStore(folder)
+    n, s, g, d = len(dataset), backbone.image_size, backbone.grid, backbone.dim
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    with atomic_artifact(folder, key) as tmp:
+        glob = open_memmap(tmp / "global.npy", mode="w+", dtype=np.float16, shape=(n, d))
+        patches = open_memmap(tmp / "patches.npy", mode="w+", dtype=np.float16, shape=(n, g, g, d))
+        masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, s, s))
+        records: list[dict[str, Any]] = []
+        start = 0
+        for batch in tqdm(loader, desc=f"extract {dataset.name}", unit="batch", disable=not progress):
+            b = batch["image"].shape[0]
+            global_tokens, patch_tokens = backbone(batch["image"])
+            glob[start : start + b] = global_tokens.numpy().astype(np.float16)
+            patches[start : start + b] = patch_tokens.numpy().astype(np.float16)
+            masks[start : start + b] = (batch["mask"].numpy() > 0.5).astype(np.uint8)
+            records += [
+                {"path": p, "label": int(lbl), "category": c, "defect": dft}
+                for p, lbl, c, dft in zip(batch["path"], batch["label"], batch["category"], batch["defect"])
+            ]
+            start += b
+        for arr in (glob, patches, masks):
+            arr.flush()
+        del glob, patches, masks
+        (tmp / "records.json").write_text(json.dumps(records))
+        meta = {"schema_version": FEATURES_SCHEMA_VERSION, **key, "n_images": n, "grid": g, "dim": d, "image_size": s}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    return TokenStore(folder)
