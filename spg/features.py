@@ -107,14 +107,27 @@ class TokenStore:
         for start in range(0, len(order), batch_images):
             yield self.batch(order[start : start + batch_images])
 
-    def iter_patch_tokens(self, batch_images: int, *, shuffle_seed: int | None = None) -> Iterator[torch.Tensor]:
-        """Only the patch tokens, flattened to ``[batch_images * h * w, d]`` float32."""
-        order = self.indices()
-        if shuffle_seed is not None:
-            order = np.random.default_rng(shuffle_seed).permutation(order)
+    def iter_patch_tokens(
+        self, batch_images: int, *, shuffle_seed: int | None = None, token_fraction: float = 1.0
+    ) -> Iterator[torch.Tensor]:
+        """Patch tokens of ``batch_images`` images at a time, flattened to ``[n, d]`` float32.
+
+        ``token_fraction < 1`` keeps that share of each image's tokens, drawn at random per image
+        (from ``shuffle_seed``), to cut the cost of a step on a CPU.
+        """
+        if not 0 < token_fraction <= 1:
+            raise ValueError(f"token_fraction must be in (0, 1], got {token_fraction}")
+        rng = np.random.default_rng(shuffle_seed)
+        order = self.indices() if shuffle_seed is None else rng.permutation(len(self))
+        n_tokens = self.grid * self.grid
+        keep = max(1, int(round(token_fraction * n_tokens)))
         for start in range(0, len(order), batch_images):
             idx = np.sort(order[start : start + batch_images])
-            yield torch.from_numpy(self.patches[idx].astype(np.float32).reshape(-1, self.dim))
+            tokens = self.patches[idx].reshape(len(idx), n_tokens, self.dim)
+            if keep < n_tokens:
+                pick = np.argsort(rng.random((len(idx), n_tokens)), axis=1)[:, :keep]
+                tokens = np.take_along_axis(tokens, pick[:, :, None], axis=1)
+            yield torch.from_numpy(tokens.astype(np.float32).reshape(-1, self.dim))
 
 
 def feature_key(backbone_description: dict[str, Any], dataset_fingerprint: str, dataset_name: str) -> dict[str, Any]:

@@ -121,16 +121,27 @@ class SPGHead(torch.nn.Module):
         probs = torch.softmax(cosine(patches, self.guides()[2:4]) / self.tau, dim=-1)
         return probs.permute(0, 3, 1, 2)
 
+    def anomaly_map(self, patches: torch.Tensor, size: int) -> torch.Tensor:
+        """``S_a`` alone, upsampled to ``size`` -> ``[B, size, size]`` (``S_n = 1 - S_a``: bilinear
+        upsampling is linear and the two probabilities sum to one)."""
+        logits = cosine(patches, self.guides()[2:4]) / self.tau
+        prob = torch.sigmoid(logits[..., 1] - logits[..., 0])  # = softmax(logits)[..., 1]
+        return F.interpolate(prob.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
+
     def maps(self, patches: torch.Tensor, size: int) -> torch.Tensor:
         """Normal and anomaly maps ``S = [S_n, S_a]`` upsampled bilinearly to ``size`` -> ``[B, 2, size, size]``."""
         probs = self.patch_probabilities(patches)
         return F.interpolate(probs, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def focal_loss(probs: torch.Tensor, masks: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Focal loss of the 2-channel map ``probs [B, 2, H, W]`` against binary ``masks [B, H, W]``."""
-    target = torch.stack([1 - masks, masks], dim=1).clamp(1e-5, 1 - 1e-5)
-    pt = (target * probs).sum(1) + 1e-5
+def focal_loss(anomaly: torch.Tensor, masks: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss of the 2-channel map ``[1 - S_a, S_a]`` against binary ``masks [B, H, W]``.
+
+    With the one-hot target clamped to ``[1e-5, 1 - 1e-5]``, ``pt = sum_c onehot_c p_c + 1e-5``;
+    the two channels sum to one, so only the anomaly channel ``anomaly [B, H, W]`` is needed.
+    """
+    t = masks.clamp(1e-5, 1 - 1e-5)
+    pt = (1 - t) * (1 - anomaly) + t * anomaly + 1e-5
     return (-(1 - pt).pow(gamma) * pt.log()).mean()
 
 
@@ -139,6 +150,20 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     dims = tuple(range(1, pred.dim()))
     inter = (pred * target).sum(dims)
     return (1 - (2 * inter + 1) / (pred.sum(dims) + target.sum(dims) + 1)).mean()
+
+
+def dice_pair_loss(anomaly: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``Dice(S_a, M) + Dice(S_n, 1 - M)`` with ``S_n = 1 - S_a``, from one pass over the pixels.
+
+    The normal-channel sums follow from the anomaly ones: ``sum(S_n (1-M)) = n - sum S_a - sum M +
+    sum(S_a M)``, so the second Dice term costs no extra full-resolution work.
+    """
+    dims = tuple(range(1, anomaly.dim()))
+    n = anomaly[0].numel()
+    sa, sm, sam = anomaly.sum(dims), masks.sum(dims), (anomaly * masks).sum(dims)
+    dice_a = 1 - (2 * sam + 1) / (sa + sm + 1)
+    dice_n = 1 - (2 * (n - sa - sm + sam) + 1) / ((n - sa) + (n - sm) + 1)
+    return (dice_a + dice_n).mean()
 
 
 def spg_losses(
@@ -151,9 +176,9 @@ def spg_losses(
 ) -> dict[str, torch.Tensor]:
     """The SPG training losses (summed without weights into ``total``); masks are at input size."""
     detection = F.cross_entropy(head.global_cosines(global_tokens), labels.long())
-    probs = head.maps(patches, masks.shape[-1])
-    focal = focal_loss(probs, masks)
-    dice = dice_loss(probs[:, 1], masks) + dice_loss(probs[:, 0], 1 - masks)
+    anomaly = head.anomaly_map(patches, masks.shape[-1])
+    focal = focal_loss(anomaly, masks)
+    dice = dice_pair_loss(anomaly, masks)
     losses = {"detection": detection, "focal": focal, "dice": dice}
     if cfg.sparsity == "l1":
         losses["sparsity"] = cfg.l1_coef * head.coefficients().sum(1).mean()
@@ -220,8 +245,7 @@ def blur_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 @torch.no_grad()
 def anomaly_maps(head: SPGHead, patches: torch.Tensor, size: int, blur_sigma: float = 4.0) -> torch.Tensor:
     """Inference maps ``(S_a + 1 - S_n) / 2`` (= ``S_a``), blurred per image -> ``[B, size, size]``."""
-    s = head.maps(patches, size)
-    return blur_maps((s[:, 1] + 1 - s[:, 0]) / 2, blur_sigma)
+    return blur_maps(head.anomaly_map(patches, size), blur_sigma)
 
 
 def image_scores(

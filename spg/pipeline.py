@@ -80,7 +80,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
     # Scaled so the synthetic default runs in minutes on a 2-core CPU.
     "default": {
-        "sae": {"n_atoms": 2048, "epochs": 20, "dead_after_tokens": 500_000},
+        "sae": {"n_atoms": 2048, "epochs": 10, "token_fraction": 0.25, "dead_after_tokens": 1_000_000},
         "guides": {"epochs": 15, "ema_decay": 0.99},
     },
     # Seconds: for tests and CI.
@@ -160,7 +160,9 @@ def train_sae_stage(store: TokenStore, cfg: SAEConfig, cache_dir: str | Path | N
     folder = artifact_path(resolve_cache_dir(cache_dir), "sae", key)
     if not is_complete(folder):
         t0 = time.perf_counter()
-        batches = lambda epoch: store.iter_patch_tokens(cfg.batch_images, shuffle_seed=cfg.seed * 1000 + epoch)  # noqa: E731
+        batches = lambda epoch: store.iter_patch_tokens(
+            cfg.batch_images, shuffle_seed=cfg.seed * 1000 + epoch, token_fraction=cfg.token_fraction
+        )  # noqa: E731
         sae, history = sae_mod.train_sae(batches, store.dim, cfg, progress=progress)
         counts = sae_mod.firing_counts(sae, store.iter_patch_tokens(cfg.batch_images), cfg.fire_threshold)
         sae.alive.copy_(counts > 0)

@@ -55,6 +55,9 @@ class SAEConfig:
     """Images per step; every patch token of these images forms the batch."""
     epochs: int = 50
     """Passes over the auxiliary tokens."""
+    token_fraction: float = 1.0
+    """Share of each image's patch tokens used per epoch, drawn at random (1.0, the paper: all).
+    Below 1 it trades SAE quality for CPU time; the dead mask is always computed on all tokens."""
     seed: int = 0
     """Seed of the initialisation and of the image order."""
 

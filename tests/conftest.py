@@ -69,3 +69,9 @@ def real_data_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data not found at {root}")
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifact cache shared by the end-to-end tests (so the smoke features are extracted once)."""
+    return tmp_path_factory.mktemp("spg_cache")

@@ -83,6 +83,7 @@ def test_maps_and_losses_match_the_formulas(problem):
     assert np.allclose(head.guides().detach().numpy(), ref["guides"], atol=1e-5)
     S = head.maps(t(problem["patches"]), problem["S"]).detach().numpy()
     assert np.allclose(S, ref["S"], atol=1e-5)
+    assert np.allclose(head.anomaly_map(t(problem["patches"]), problem["S"]).detach().numpy(), ref["S"][:, 1], atol=1e-5)
     losses = spg_losses(head, t(problem["glob"]), t(problem["patches"]), t(problem["masks"]),
                         torch.tensor(problem["labels"]), GuideConfig())
     for name in ("detection", "focal", "dice", "sparsity", "total"):
