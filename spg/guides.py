@@ -104,6 +104,10 @@ class SPGHead(torch.nn.Module):
             c = c + (c * keep - c).detach()
         return c
 
+    def sparsity_penalty(self) -> torch.Tensor:
+        """Mean over the four guides of the L1 norm of their coefficients."""
+        return self.coefficients().sum(1).mean()
+
     def guides(self) -> torch.Tensor:
         """The four guide vectors ``[4, d]``."""
         return self.coefficients() @ self.atoms
@@ -181,7 +185,7 @@ def spg_losses(
     dice = dice_pair_loss(anomaly, masks)
     losses = {"detection": detection, "focal": focal, "dice": dice}
     if cfg.sparsity == "l1":
-        losses["sparsity"] = cfg.l1_coef * head.coefficients().sum(1).mean()
+        losses["sparsity"] = cfg.l1_coef * head.sparsity_penalty()
     losses["total"] = sum(losses.values())
     return losses
 
@@ -200,14 +204,16 @@ def train_guides(
     cfg: GuideConfig,
     *,
     progress: bool = True,
+    head: SPGHead | None = None,
 ) -> tuple[SPGHead, list[dict[str, float]]]:
     """Train the guide coefficients; returns the EMA head (the evaluated model) and per-epoch losses.
 
     ``batches(epoch)`` yields dicts with ``global [B, d]``, ``patches [B, h, w, d]``,
-    ``masks [B, S, S]`` (binary, input size) and ``labels [B]``.
+    ``masks [B, S, S]`` (binary, input size) and ``labels [B]``. ``head`` replaces the default
+    :func:`make_head` (baselines pass their own head; its ``theta`` is what is trained).
     """
     torch.manual_seed(cfg.seed)
-    head = make_head(atoms, alive, cfg)
+    head = make_head(atoms, alive, cfg) if head is None else head
     ema_theta = head.theta.detach().clone()
     opt = torch.optim.Adam([head.theta], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     history: list[dict[str, float]] = []
