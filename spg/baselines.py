@@ -1,0 +1,158 @@
+"""Baselines for SPG, run on the same cached tokens under the same zero-shot protocol.
+
+- **dense guides**: the same four heads and losses, but the guide vectors are free vectors in token
+  space (no SAE, no non-negativity, no sparsity): what does the sparse dictionary buy?
+- **random dictionary**: SPG's guides over a random unit-norm dictionary of the SAE's size: does the
+  dictionary need to be *learned*?
+- **training-free**: each patch scored by its cosine distance to its nearest patches of the same
+  image (anomalies are rare, so their nearest neighbours are far); no auxiliary data at all.
+
+:func:`compare` trains and evaluates SPG and all three in one call, so they appear side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import guides as guides_mod
+from .cache import artifact_path, atomic_artifact, is_complete, resolve_cache_dir
+from .config import save_json, to_dict
+from .features import TokenStore
+from .guides import GuideConfig, SPGHead
+from .pipeline import GuideArtifact, RunConfig, SAEArtifact, evaluate, extract, train_guides_stage, train_sae_stage
+
+BASELINE_SCHEMA_VERSION = 1
+METHODS = ("spg", "dense_guides", "random_dictionary", "training_free")
+
+
+class DenseGuideHead(SPGHead):
+    """Guide vectors learned directly in token space: ``guides() = theta`` (``[4, d]``, unconstrained)."""
+
+    def __init__(self, theta: torch.Tensor, *, tau: float = 0.07) -> None:
+        d = theta.shape[1]
+        super().__init__(torch.eye(d), torch.ones(d, dtype=torch.bool), tau=tau, theta=theta)
+
+    def coefficients(self) -> torch.Tensor:
+        return self.theta
+
+    def sparsity_penalty(self) -> torch.Tensor:
+        return self.theta.new_zeros(())
+
+
+class PatchKNNScorer(torch.nn.Module):
+    """Training-free scores: ``1 - mean cosine similarity to the k most similar other patches``."""
+
+    def __init__(self, knn: int = 3) -> None:
+        super().__init__()
+        self.knn = knn
+
+    def patch_scores(self, patches: torch.Tensor) -> torch.Tensor:
+        """``[B, h, w, d]`` -> ``[B, h, w]`` outlier scores in ``[0, 2]``."""
+        b, h, w, d = patches.shape
+        x = F.normalize(patches.reshape(b, h * w, d), dim=-1)
+        sim = x @ x.transpose(1, 2)
+        sim.diagonal(dim1=1, dim2=2).fill_(-torch.inf)
+        return (1 - sim.topk(self.knn, dim=-1).values.mean(-1)).reshape(b, h, w)
+
+    def anomaly_map(self, patches: torch.Tensor, size: int) -> torch.Tensor:
+        scores = self.patch_scores(patches).unsqueeze(1)
+        return F.interpolate(scores, size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
+
+    def global_score(self, global_tokens: torch.Tensor) -> torch.Tensor:
+        """There is no global head: NaN, so a ``global``/``hybrid`` image score cannot be mistaken for one."""
+        return torch.full((global_tokens.shape[0],), float("nan"))
+
+
+def random_dictionary(n_atoms: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """``n_atoms`` random unit-norm atoms of dimension ``dim``."""
+    gen = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n_atoms, dim, generator=gen), dim=1)
+
+
+def _train_baseline(
+    kind: str, store: TokenStore, cfg: GuideConfig, head: SPGHead, cache_dir: Path, extra_key: dict, progress: bool
+) -> GuideArtifact:
+    key = {"schema_version": BASELINE_SCHEMA_VERSION, "kind": kind, "features": store.key, "guides": to_dict(cfg), **extra_key}
+    folder = artifact_path(resolve_cache_dir(cache_dir), "baselines", key)
+    if not is_complete(folder):
+        batches = lambda epoch: store.iter_batches(cfg.batch_images, shuffle_seed=cfg.seed * 1000 + epoch)  # noqa: E731
+        head, history = guides_mod.train_guides(head.atoms, head.alive, batches, cfg, progress=progress, head=head)
+        with atomic_artifact(folder, key) as tmp:
+            guides_mod.save_head(head, cfg, tmp, extra={"kind": kind})
+            pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+    loaded, _ = guides_mod.load_head(folder)
+    if kind == "dense_guides":
+        loaded = DenseGuideHead(loaded.theta.detach(), tau=cfg.tau)
+    return GuideArtifact(folder, loaded, pd.read_csv(folder / "history.csv"))
+
+
+def train_dense_guides(store: TokenStore, cfg: GuideConfig, cache_dir=None, *, progress: bool = True) -> GuideArtifact:
+    """The dense-guides baseline (same init, losses, optimiser and EMA as SPG's guides)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    theta = cfg.init_mean + cfg.init_std * torch.randn(4, store.dim, generator=gen)
+    return _train_baseline("dense_guides", store, cfg, DenseGuideHead(theta, tau=cfg.tau), cache_dir, {}, progress)
+
+
+def train_random_dictionary_guides(
+    store: TokenStore, n_atoms: int, cfg: GuideConfig, cache_dir=None, *, progress: bool = True
+) -> GuideArtifact:
+    """SPG's guides over a random unit-norm dictionary with ``n_atoms`` atoms (all alive)."""
+    atoms = random_dictionary(n_atoms, store.dim, cfg.seed)
+    head = guides_mod.make_head(atoms, torch.ones(n_atoms, dtype=torch.bool), cfg)
+    return _train_baseline("random_dictionary", store, cfg, head, cache_dir, {"n_atoms": n_atoms}, progress)
+
+
+def training_free(knn: int = 3, cache_dir=None) -> GuideArtifact:
+    """The training-free reference as an artifact (a folder holding only its key) for :func:`evaluate`."""
+    key = {"schema_version": BASELINE_SCHEMA_VERSION, "kind": "training_free", "knn": knn}
+    folder = artifact_path(resolve_cache_dir(cache_dir), "baselines", key)
+    if not is_complete(folder):
+        with atomic_artifact(folder, key):
+            pass
+    return GuideArtifact(folder, PatchKNNScorer(knn), pd.DataFrame())
+
+
+@dataclass
+class Comparison:
+    metrics: pd.DataFrame
+    """Long table: one row per (method, category) including each method's ``mean`` row."""
+    means: pd.DataFrame
+    """Methods x metrics: the category means side by side."""
+
+
+def compare(cfg: RunConfig, out: str | Path | None = None, *, knn: int = 3, progress: bool = True) -> Comparison:
+    """SPG and the three baselines on the same tokens and target categories, measured in one run."""
+    aux, target = extract(cfg, "aux", progress=progress), extract(cfg, "target", progress=progress)
+    sae: SAEArtifact = train_sae_stage(aux, cfg.sae, cfg.cache_dir, progress=progress)
+    artifacts = {
+        "spg": train_guides_stage(aux, sae, cfg.guides, cfg.cache_dir, progress=progress),
+        "dense_guides": train_dense_guides(aux, cfg.guides, cfg.cache_dir, progress=progress),
+        "random_dictionary": train_random_dictionary_guides(aux, cfg.sae.n_atoms, cfg.guides, cfg.cache_dir, progress=progress),
+        "training_free": training_free(knn, cfg.cache_dir),
+    }
+    tables = []
+    for method, artifact in artifacts.items():
+        table = evaluate(target, artifact, cfg.eval, cfg.cache_dir, progress=progress).metrics
+        tables.append(table.rename_axis("category").reset_index().assign(method=method))
+    long = pd.concat(tables, ignore_index=True).set_index(["method", "category"])
+    means = long.xs("mean", level="category").loc[list(METHODS)]
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(cfg, out / "run_config.json")
+        long.to_csv(out / "comparison.csv")
+        means.to_csv(out / "comparison_means.csv")
+    return Comparison(long, means)
+
+
+def load_comparison(folder: str | Path) -> Comparison:
+    """Read what :func:`compare` wrote."""
+    folder = Path(folder)
+    long = pd.read_csv(folder / "comparison.csv", index_col=[0, 1])
+    return Comparison(long, pd.read_csv(folder / "comparison_means.csv", index_col=0))
+
