@@ -63,17 +63,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .baselines import compare
+
+    cfg = build_config(args)
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{cfg.preset}-{cfg.extract.backbone}-{stable_hash(cfg, 8)}"
+    t0 = time.perf_counter()
+    result = compare(cfg, out, progress=not args.quiet)
+    print("\nSPG and baselines, mean over target categories (same tokens, same protocol):")
+    print((result.means * 100).round(1).to_string())
+    print(f"\nwall time {time.perf_counter() - t0:.1f} s; per-category table in {(out / 'comparison.csv').resolve()}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
     return bench_main(quick=args.quick, out=args.out)
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spg", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command")
-    r = sub.add_parser("run", help="extract -> SAE -> guides -> zero-shot evaluation")
+def _add_run_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--preset", default="default", help="paper | default | smoke (default: default)")
     r.add_argument("--aux", nargs="+", metavar="SPEC",
                    help="auxiliary data: synthetic | mvtec:ROOT[:cat1,cat2] | visa:ROOT[:cats] (default synthetic)")
@@ -85,9 +94,20 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="seed of the synthetic data, the SAE and the guides")
     r.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set sae.n_atoms=1024 --set eval.image_score=lse")
-    r.add_argument("--save-maps", action="store_true", help="also write one 16-bit PNG anomaly map per target image")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m spg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="extract -> SAE -> guides -> zero-shot evaluation")
+    _add_run_arguments(r)
+    r.add_argument("--save-maps", action="store_true", help="also write one 16-bit PNG anomaly map per target image")
     r.set_defaults(func=cmd_run)
+    c = sub.add_parser("compare", help="SPG, dense guides, random dictionary and training-free side by side")
+    _add_run_arguments(c)
+    c.set_defaults(func=cmd_compare)
     b = sub.add_parser("bench", help="measure each stage against its limit")
     b.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     b.add_argument("--out", default=None, help="where to write the JSON/CSV results")
