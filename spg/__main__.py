@@ -1,4 +1,5 @@
-"""Command line: ``python -m spg run`` (end to end) and ``python -m spg bench`` (performance).
+"""Command line: ``python -m spg run`` (end to end), ``python -m spg compare`` (SPG beside its
+baselines) and ``python -m spg bench`` (performance).
 
 With no arguments, ``run`` executes the embedded default: synthetic auxiliary categories ->
 synthetic target categories, the offline ``efficientnet_lite2`` backbone, the ``default`` preset.
