@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,7 +41,7 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     args = typing.get_args(annotation)
     if value is None:
         return None
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         non_none = [a for a in args if a is not type(None)]
         return _coerce(value, non_none[0], name) if len(non_none) == 1 else value
     if origin is tuple:

@@ -38,6 +38,9 @@ class ExtractConfig:
     """Images per forward pass."""
     num_workers: int = 1
     """DataLoader worker processes decoding images while the backbone runs (0: decode inline)."""
+    stages: tuple[int, ...] | None = None
+    """EfficientNet-Lite only: which stages form the token grid (None: the backbone's default
+    ``(2, 3, 4, 5)``, strides 8/16/16/32). The token-grid ablation varies this."""
 
 
 class TokenStore:

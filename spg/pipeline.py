@@ -118,11 +118,11 @@ def override(cfg: RunConfig, **sections: Any) -> RunConfig:
 
 
 @functools.lru_cache(maxsize=2)
-def load_backbone(name: str, weights: str | None = None):
+def load_backbone(name: str, weights: str | None = None, stages: tuple[int, ...] | None = None):
     """The frozen backbone (built once per process)."""
     from .backbones import build_backbone
 
-    return build_backbone(name, weights)
+    return build_backbone(name, weights, **({"stages": tuple(stages)} if stages else {}))
 
 
 def load_dataset(specs: tuple[str, ...], role: str, cfg: RunConfig, image_size: int):
@@ -141,7 +141,7 @@ def extract(cfg: RunConfig, role: str, *, progress: bool = True) -> TokenStore:
     """Tokens of the auxiliary (``role="aux"``) or target (``"target"``) images, from the cache if present."""
     if role not in ("aux", "target"):
         raise ConfigError(f"role must be 'aux' or 'target', got {role!r}")
-    backbone = load_backbone(cfg.extract.backbone, cfg.extract.weights)
+    backbone = load_backbone(cfg.extract.backbone, cfg.extract.weights, cfg.extract.stages)
     dataset = load_dataset(getattr(cfg, role), role, cfg, backbone.image_size)
     return extract_features(dataset, backbone, resolve_cache_dir(cfg.cache_dir), cfg.extract, progress=progress)
 

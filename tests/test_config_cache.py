@@ -6,6 +6,7 @@ import pytest
 
 from spg.cache import artifact_path, atomic_artifact, is_complete, read_key
 from spg.config import ConfigError, from_dict, replace, stable_hash, to_dict
+from spg.features import ExtractConfig
 from spg.pipeline import PRESETS, RunConfig, preset_config
 from spg.sae import SAEConfig
 
@@ -13,6 +14,8 @@ from spg.sae import SAEConfig
 def test_replace_coerces_strings_from_cli_and_papermill():
     cfg = replace(SAEConfig(), n_atoms="1024", lr="0.01")
     assert cfg.n_atoms == 1024 and cfg.lr == 0.01
+    assert replace(ExtractConfig(), stages="2,3").stages == (2, 3)
+    assert replace(ExtractConfig(), weights=None).weights is None
     with pytest.raises(ConfigError, match="n_atom.*valid fields"):
         replace(SAEConfig(), n_atom=3)
     with pytest.raises(ConfigError, match="expects int"):
