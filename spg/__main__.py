@@ -77,6 +77,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweeps import grid, means, sweep
+
+    cfg = build_config(args)
+    axes = {}
+    for item in args.grid:
+        key, sep, values = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--grid expects SECTION.FIELD=V1,V2,... (e.g. sae.k=8,16,32), got {item!r}")
+        axes[key.replace(".", "__")] = values.split(",")
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{cfg.preset}-{stable_hash([cfg, args.grid], 8)}"
+    t0 = time.perf_counter()
+    frame = sweep(cfg, grid(**axes), out, progress=not args.quiet)
+    print(means(frame).round(3).to_string())
+    print(f"\nwall time {time.perf_counter() - t0:.1f} s; table in {(out / 'sweep.csv').resolve()}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -109,6 +127,11 @@ def make_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="SPG, dense guides, random dictionary and training-free side by side")
     _add_run_arguments(c)
     c.set_defaults(func=cmd_compare)
+    w = sub.add_parser("sweep", help="an ablation: the pipeline over a grid of config values")
+    _add_run_arguments(w)
+    w.add_argument("--grid", action="append", required=True, metavar="SECTION.FIELD=V1,V2",
+                   help="one swept axis, e.g. --grid sae.n_atoms=512,1024 --grid sae.k=8,16 (product of axes)")
+    w.set_defaults(func=cmd_sweep)
     b = sub.add_parser("bench", help="measure each stage against its limit")
     b.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     b.add_argument("--out", default=None, help="where to write the JSON/CSV results")
