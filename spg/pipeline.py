@@ -224,7 +224,8 @@ def predict(store: TokenStore, head: SPGHead, cfg: EvalConfig, out: Path, *, pro
 
     maps = open_memmap(out / "maps.npy", mode="w+", dtype=np.float16, shape=(len(store), store.image_size, store.image_size))
     rows: dict[str, list] = {}
-    for batch in tqdm(list(store.iter_batches(cfg.batch_images)), desc="predict", disable=not progress):
+    n_batches = -(-len(store) // cfg.batch_images)
+    for batch in tqdm(store.iter_batches(cfg.batch_images), total=n_batches, desc="predict", disable=not progress):
         amap = guides_mod.anomaly_maps(head, batch["patches"], store.image_size, cfg.blur_sigma)
         maps[batch["index"].numpy()] = amap.numpy().astype(np.float16)
         scores = guides_mod.image_scores(amap, head.global_score(batch["global"]), lse_temperature=cfg.lse_temperature)
