@@ -51,7 +51,7 @@ class PatchKNNScorer(torch.nn.Module):
         super().__init__()
         self.knn = knn
 
-    def patch_scores(self, patches: torch.Tensor) -> torch.Tensor:
+    def anomaly_grid(self, patches: torch.Tensor) -> torch.Tensor:
         """``[B, h, w, d]`` -> ``[B, h, w]`` outlier scores in ``[0, 2]``."""
         b, h, w, d = patches.shape
         x = F.normalize(patches.reshape(b, h * w, d), dim=-1)
@@ -60,7 +60,7 @@ class PatchKNNScorer(torch.nn.Module):
         return (1 - sim.topk(self.knn, dim=-1).values.mean(-1)).reshape(b, h, w)
 
     def anomaly_map(self, patches: torch.Tensor, size: int) -> torch.Tensor:
-        scores = self.patch_scores(patches).unsqueeze(1)
+        scores = self.anomaly_grid(patches).unsqueeze(1)
         return F.interpolate(scores, size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
 
     def global_score(self, global_tokens: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ def test_patch_knn_scores_the_odd_patch_highest():
     patches[..., 0] = 1.0
     patches[0, 1, 2] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # orthogonal to every other patch
     scorer = PatchKNNScorer(knn=1)
-    scores = scorer.patch_scores(patches)
+    scores = scorer.anomaly_grid(patches)
     assert scores[0, 1, 2] == pytest.approx(1.0)  # cos distance 1 to its nearest neighbour
     assert torch.allclose(scores.flatten()[torch.arange(9) != 5], torch.zeros(8), atol=1e-6)
     assert scorer.anomaly_map(patches, 12).shape == (1, 12, 12)
