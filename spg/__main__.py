@@ -98,7 +98,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
-    return bench_main(quick=args.quick, out=args.out)
+    return bench_main(quick=args.quick, out=args.out, paper_backbones_only=args.paper_backbones_only,
+                      device=args.device, merge_gpu=args.merge_gpu, work_dir=args.work_dir)
 
 
 def _add_run_arguments(r: argparse.ArgumentParser) -> None:
@@ -134,7 +135,14 @@ def make_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_sweep)
     b = sub.add_parser("bench", help="measure each stage against its limit")
     b.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
-    b.add_argument("--out", default=None, help="where to write the JSON/CSV results")
+    b.add_argument("--out", default=None,
+                   help="where to write bench.json/csv/png (default: results/bench for the full run; --quick: none)")
+    b.add_argument("--paper-backbones-only", action="store_true",
+                   help="only the paper backbones' forward throughput (random weights, speed only) on --device")
+    b.add_argument("--device", default="cpu", help="device of --paper-backbones-only, e.g. cuda (default cpu)")
+    b.add_argument("--merge-gpu", metavar="JSON",
+                   help="add the bench.json of a --paper-backbones-only --device cuda run to --out (default results/bench)")
+    b.add_argument("--work-dir", default=None, help="parent folder of the temporary files (default: system temp)")
     b.set_defaults(func=cmd_bench)
     return parser
 
