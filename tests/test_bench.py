@@ -168,7 +168,7 @@ def test_hand_written_focal_dice_backward_matches_autograd_of_the_formulas(binar
     masks = (masks > 0.7).double() if binary else masks
     a = torch.rand(3, 12, 12, generator=gen, dtype=torch.float64).requires_grad_()
     focal, dice = focal_dice_losses(a, masks)
-    assert float(focal) == pytest.approx(float(focal_loss(a, masks)), rel=1e-12)
+    assert focal.item() == pytest.approx(focal_loss(a, masks).item(), rel=1e-12)
     assert float(dice) == pytest.approx(float(dice_pair_loss(a, masks)), rel=1e-12)
     (g,) = torch.autograd.grad(0.3 * focal + 1.7 * dice, a)
     (g_ref,) = torch.autograd.grad(0.3 * focal_loss(a, masks) + 1.7 * dice_pair_loss(a, masks), a)

@@ -59,6 +59,7 @@ def test_book_from_smoke_notebooks(tmp_path, monkeypatch):
     monkeypatch.setenv("SPG_CACHE_DIR", str(tmp_path / "cache"))
     site = tmp_path / "book"
     shutil.copytree(REPO / "book", site, ignore=shutil.ignore_patterns("_build", "chapters"))
+    shutil.copytree(REPO / "results", tmp_path / "results")  # pages include ../results/... files
     done = book.execute(REPO / "book" / "manifest.yml", {"preset": "smoke"}, output_dir=site / "chapters")
     assert [p.stem for p in done] == NAMES
     for path in done:
