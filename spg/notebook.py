@@ -20,7 +20,7 @@ with warnings.catch_warnings():  # without ipywidgets, tqdm.auto warns once in a
     import tqdm.auto  # noqa: F401
 
 from .config import ConfigError, to_dict  # noqa: E402
-from .pipeline import RunConfig, _aupro_definition, override, preset_config  # noqa: E402
+from .pipeline import RunConfig, aupro_definition, override, preset_config  # noqa: E402
 
 SECTIONS = ("extract", "sae", "guides", "eval", "synthetic")
 
@@ -89,7 +89,7 @@ def settings(cfg: RunConfig, *sections: str) -> pd.DataFrame:
 
 def aupro_note(cfg: RunConfig) -> str:
     """One sentence saying which AUPRO definition the evaluation used."""
-    return f"**AUPRO definition used here:** {_aupro_definition(cfg.eval)}."
+    return f"**AUPRO definition used here:** {aupro_definition(cfg.eval)}."
 
 
 def _display(obj: Any) -> None:

@@ -327,7 +327,7 @@ def write_results(result: RunResult, aux: TokenStore, target: TokenStore) -> Non
             "schema_version": RESULTS_SCHEMA_VERSION,
             "metrics": METRIC_NAMES,
             "image_score": result.config.eval.image_score,
-            "aupro_definition": _aupro_definition(result.config.eval),
+            "aupro_definition": aupro_definition(result.config.eval),
             "per_category": per_category,
             "mean": {m: _num(table.loc["mean", m]) for m in METRIC_NAMES},
             "aux_categories": aux.category_names(),
@@ -358,7 +358,8 @@ def write_maps(evaluation: Evaluation, store: TokenStore, folder: Path) -> None:
         Image.fromarray(values.round().astype(np.uint16)).save(dest)
 
 
-def _aupro_definition(cfg: EvalConfig) -> str:
+def aupro_definition(cfg: EvalConfig) -> str:
+    """Which AUPRO a number uses, in words (written next to every reported AUPRO)."""
     if cfg.aupro_thresholds is None:
         return "exact MVTec AUPRO: all thresholds, 8-connected regions, area to FPR 0.3 divided by 0.3"
     return f"AnomalyCLIP-style AUPRO: {cfg.aupro_thresholds} thresholds, FPR axis cut at 0.3 and rescaled to [0, 1]"
