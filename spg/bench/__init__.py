@@ -61,7 +61,7 @@ class BenchConfig:
     guide_images: int = 48
     scale_extract_base: int = 16
     scale_token_base: int = 64
-    scale_repeats: int = 3
+    scale_repeats: int = 5
     scale_extract_repeats: int = 5
     memory_cache_gb: tuple[float, ...] = (0.5, 2.1)
     """Cache sizes of the memory check, GB (the last one is compared with its peak RSS)."""
@@ -250,8 +250,8 @@ def main(quick: bool = False, out: str | Path | None = None, *, paper_backbones_
     """Run the benchmark, print one table and (full run, or ``out``) write the result files.
 
     ``paper_backbones_only``: only the paper backbones on ``device`` (batches 1 and 16, float32 and
-    bfloat16 on a GPU); ``merge_gpu``: add the JSON of such a GPU run to ``out`` (default
-    ``results/bench``) and stop.
+    bfloat16 on a GPU; files to ``out``, default ``results/bench/gpu`` on a GPU, none on the CPU);
+    ``merge_gpu``: add the JSON of such a GPU run to ``out`` (default ``results/bench``) and stop.
     """
     from .timing import load_average
 
@@ -261,7 +261,12 @@ def main(quick: bool = False, out: str | Path | None = None, *, paper_backbones_
         print(f"merged {merge_gpu} into {paths['json']} (and {paths['csv'].name}, {paths['png'].name})", file=stream)
         return 0
     cfg = config or (QUICK if quick else FULL)
-    out = Path(out) if out else (None if cfg.mode != "full" else DEFAULT_OUT)
+    if out:
+        out = Path(out)
+    elif paper_backbones_only:  # never overwrite the full run's files with a partial run
+        out = DEFAULT_OUT / "gpu" if device.startswith("cuda") else None
+    else:
+        out = DEFAULT_OUT if cfg.mode == "full" else None
     start_load = load_average()
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="spg-bench-", dir=work_dir))
@@ -280,9 +285,11 @@ def main(quick: bool = False, out: str | Path | None = None, *, paper_backbones_
         shutil.rmtree(tmp, ignore_errors=True)
     data = _record(cfg, results, rows, device, t0, start_load)
     m = data["machine"]
+    share = report.cpu_obtained(data)
     title = (f"spg bench ({cfg.mode}), {m['cpu_model']}, {m['cpus_available']} CPUs, torch {m['torch']} "
              f"({m['torch_threads']} threads), device {device}; load average {m['load_average_start']} -> "
-             f"{m['load_average_end']}; {data['seconds_total']:.0f} s")
+             f"{m['load_average_end']}" + (f"; cores obtained {share:.2f}" if share is not None else "")
+             + f"; {data['seconds_total']:.0f} s")
     print(report.format_table(rows, title), file=stream)
     if out is not None:
         paths = report.write_results(data, out, plot=True)

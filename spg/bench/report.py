@@ -108,12 +108,23 @@ def machine_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
         ("Python / OS", f"{m.get('python')} / {m.get('platform')}"),
         ("load average (1/5/15 min)", f"{m.get('load_average_start')} at start, {m.get('load_average_end')} at end"),
     ]
+    share = cpu_obtained(data)
+    if share is not None:
+        items.append(("CPU obtained", f"{share:.2f} cores on average while the SAE matmul ran on "
+                                      f"{m.get('torch_threads')} threads (less: other processes took cores)"))
     gpu = data.get("gpu")
     if gpu:
         g = gpu.get("machine", {})
         items.append(("GPU run", f"{g.get('gpu_name')} ({g.get('gpu_memory_gib')} GiB), CUDA {g.get('cuda')}, "
                                  f"torch {g.get('torch')}, {gpu.get('created')}"))
     return items
+
+
+def cpu_obtained(data: dict[str, Any]) -> float | None:
+    """Cores the process got while the SAE step's reference matmul ran (median CPU seconds per
+    wall second): about the thread count on an idle machine, less when other work took cores."""
+    timing = data.get("results", {}).get("sae", {}).get("timings", {}).get("matmul")
+    return None if not timing or timing.get("cpu_share") is None else float(timing["cpu_share"])
 
 
 def _json_safe(obj: Any) -> Any:
