@@ -9,7 +9,6 @@ Four guide vectors are non-negative combinations of the frozen SAE dictionary, `
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,14 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, from_dict, to_dict
 
 GUIDE_SCHEMA_VERSION = 1
-WEIGHTS_FILE = "guides.safetensors"
-CONFIG_FILE = "guides.json"
+CHECKPOINT_NAME = "guides"
+WEIGHTS_FILE = f"{CHECKPOINT_NAME}.safetensors"
+CONFIG_FILE = f"{CHECKPOINT_NAME}.json"
 GUIDE_NAMES = ("global_normal", "global_anomaly", "local_normal", "local_anomaly")
 SPARSITY_MODES = ("l1", "topn")
 IMAGE_SCORES = ("max", "global", "lse", "top10_mean", "hybrid")
@@ -377,26 +377,15 @@ def image_scores(
 
 def save_head(head: SPGHead, cfg: GuideConfig, folder: Path, extra: dict[str, Any] | None = None) -> None:
     """Write ``guides.safetensors`` (EMA theta, dictionary, alive mask) and ``guides.json``."""
-    folder = Path(folder)
-    save_file(
-        {"theta": head.theta.detach().contiguous(), "atoms": head.atoms.contiguous(), "alive": head.alive.to(torch.uint8)},
-        str(folder / WEIGHTS_FILE),
-    )
-    meta = {"schema_version": GUIDE_SCHEMA_VERSION, "guide_names": list(GUIDE_NAMES), "config": to_dict(cfg), **(extra or {})}
-    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    tensors = {"theta": head.theta, "atoms": head.atoms, "alive": head.alive.to(torch.uint8)}
+    meta = {"guide_names": list(GUIDE_NAMES), "config": to_dict(cfg), **(extra or {})}
+    save_checkpoint(folder, CHECKPOINT_NAME, tensors, meta, GUIDE_SCHEMA_VERSION)
 
 
 def load_head(folder: Path) -> tuple[SPGHead, GuideConfig]:
     """Load what :func:`save_head` wrote; refuse other schema versions with a clear message."""
-    folder = Path(folder)
-    meta = json.loads((folder / CONFIG_FILE).read_text())
-    if meta.get("schema_version") != GUIDE_SCHEMA_VERSION:
-        raise ValueError(
-            f"{folder / CONFIG_FILE}: guide schema version {meta.get('schema_version')} is not the "
-            f"supported version {GUIDE_SCHEMA_VERSION}; retrain the guides (delete this cache folder)."
-        )
+    meta, t = load_checkpoint(folder, CHECKPOINT_NAME, GUIDE_SCHEMA_VERSION, "guides")
     cfg = from_dict(GuideConfig, meta["config"])
-    t = load_file(str(folder / WEIGHTS_FILE))
     head = SPGHead(t["atoms"], t["alive"].bool(), tau=cfg.tau, sparsity=cfg.sparsity, top_n=cfg.top_n, theta=t["theta"])
     return head, cfg
 

@@ -11,7 +11,6 @@ training glue (batches from the feature cache, Adam, dead-latent bookkeeping) li
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -22,14 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import from_dict, to_dict
 
 SAE_SCHEMA_VERSION = 1
-WEIGHTS_FILE = "sae.safetensors"
-CONFIG_FILE = "sae.json"
+CHECKPOINT_NAME = "sae"
+WEIGHTS_FILE = f"{CHECKPOINT_NAME}.safetensors"
+CONFIG_FILE = f"{CHECKPOINT_NAME}.json"
 
 
 @dataclass(frozen=True)
@@ -346,28 +346,15 @@ def reconstruction_stats(sae: TopKSAE, batches: Iterable[torch.Tensor]) -> dict[
 
 def save_sae(sae: TopKSAE, cfg: SAEConfig, folder: Path, extra: dict[str, Any] | None = None) -> None:
     """Write ``sae.safetensors`` (encoder, dictionary, alive mask) and ``sae.json`` (schema, config)."""
-    folder = Path(folder)
-    tensors = {
-        "encoder": sae.encoder.detach().contiguous(),
-        "dictionary": sae.atoms().detach().contiguous(),
-        "alive": sae.alive.to(torch.uint8),
-    }
-    save_file(tensors, str(folder / WEIGHTS_FILE))
-    meta = {"schema_version": SAE_SCHEMA_VERSION, "d_in": sae.d_in, "config": to_dict(cfg), **(extra or {})}
-    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    tensors = {"encoder": sae.encoder, "dictionary": sae.atoms(), "alive": sae.alive.to(torch.uint8)}
+    meta = {"d_in": sae.d_in, "config": to_dict(cfg), **(extra or {})}
+    save_checkpoint(folder, CHECKPOINT_NAME, tensors, meta, SAE_SCHEMA_VERSION)
 
 
 def load_sae(folder: Path) -> tuple[TopKSAE, SAEConfig]:
     """Load what :func:`save_sae` wrote; refuse other schema versions with a clear message."""
-    folder = Path(folder)
-    meta = json.loads((folder / CONFIG_FILE).read_text())
-    if meta.get("schema_version") != SAE_SCHEMA_VERSION:
-        raise ValueError(
-            f"{folder / CONFIG_FILE}: SAE schema version {meta.get('schema_version')} is not the "
-            f"supported version {SAE_SCHEMA_VERSION}; retrain the SAE (delete this cache folder)."
-        )
+    meta, tensors = load_checkpoint(folder, CHECKPOINT_NAME, SAE_SCHEMA_VERSION, "SAE")
     cfg = from_dict(SAEConfig, meta["config"])
-    tensors = load_file(str(folder / WEIGHTS_FILE))
     sae = TopKSAE(meta["d_in"], cfg.n_atoms, cfg.k, seed=cfg.seed)
     with torch.no_grad():
         sae.encoder.copy_(tensors["encoder"])
