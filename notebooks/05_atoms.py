@@ -108,6 +108,32 @@ nb.show_figure(fig, kinds, "05_generality", figures_dir)
 nb.show_table(analysis.counts(kinds["kind"], "kind", "atoms"))
 
 # %% [markdown]
+# ## Do they fire on the defects themselves?
+#
+# Firing somewhere in an image is not firing on its defect. For each top atom and category: the
+# rate at which it fires on defect patches (at least a quarter of the patch inside the mask),
+# divided by its rate on the patches of normal images, as log2 (0: no preference; 1: twice as
+# often on defects; -4: never or hardly ever on defects; blank: fires on neither). Target columns
+# answer the zero-shot question: do atoms learned on the auxiliary categories pick out defects of
+# categories never seen?
+
+# %% tags=["full-width"]
+defects = analysis.defect_firing(
+    sae.sae, {"aux": aux_tokens, "target": target_tokens}, top["atom"],
+    cfg.sae.fire_threshold)
+fig = viz.heatmap(analysis.lift_matrix(defects),
+                  "log2(firing rate on defect patches / on normal images)",
+                  cbar_label="log2 lift", fmt=".1f", vmin=-4, vmax=4, cmap="vlag")
+nb.show_figure(fig, defects, "05_defect_lift", figures_dir)
+
+# %% [markdown]
+# The share of the guide's L1 mass held by the listed atoms that fire at least twice as often on a
+# category's defects as on its normal images:
+
+# %%
+nb.show_table(analysis.defect_mass(defects, top), "05_defect_mass", figures_dir)
+
+# %% [markdown]
 # ## How much of the guide do the top atoms carry?
 #
 # The share of the local-anomaly guide's L1 mass held by its top-n atoms.

@@ -1,5 +1,5 @@
 """Command line: ``python -m spg run`` (end to end), ``python -m spg compare`` (SPG beside its
-baselines) and ``python -m spg bench`` (performance).
+baselines), ``python -m spg sweep`` / ``study`` (ablations) and ``python -m spg bench`` (performance).
 
 With no arguments, ``run`` executes the embedded default: synthetic auxiliary categories ->
 synthetic target categories, the offline ``efficientnet_lite2`` backbone, the ``default`` preset.
@@ -45,6 +45,8 @@ def build_config(args: argparse.Namespace):
     top = {"aux": tuple(args.aux or RunConfig.aux), "target": tuple(args.target or RunConfig.target)}
     if args.cache_dir:
         top["cache_dir"] = args.cache_dir
+    if args.aux_per_category is not None:
+        top["aux_images_per_category"] = args.aux_per_category
     return preset_config(args.preset, **sections, **top)
 
 
@@ -95,6 +97,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from .studies import run_study
+
+    cfg = build_config(args)
+    out = Path(args.out) if args.out else Path("runs") / f"study-{args.study}-{stable_hash(cfg, 8)}"
+    t0 = time.perf_counter()
+    table = run_study(args.study, cfg, out, progress=not args.quiet)
+    print(table.drop(columns=[c for c in table.columns if "." in c]).to_string())
+    print(f"\nwall time {time.perf_counter() - t0:.1f} s; tables and plot in {out.resolve()}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -111,6 +125,8 @@ def _add_run_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--weights", help="local weights file for dinov3 / dinov2 / openclip")
     r.add_argument("--out", help="results folder (default runs/<preset>-<backbone>-<config hash>)")
     r.add_argument("--cache-dir", help="artifact cache (default $SPG_CACHE_DIR or ~/.cache/spg)")
+    r.add_argument("--aux-per-category", type=int, metavar="N",
+                   help="train on a seeded sample of at most N auxiliary images per category (default: all)")
     r.add_argument("--seed", type=int, help="seed of the synthetic data, the SAE and the guides")
     r.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set sae.n_atoms=1024 --set eval.image_score=lse")
@@ -133,6 +149,12 @@ def make_parser() -> argparse.ArgumentParser:
     w.add_argument("--grid", action="append", required=True, metavar="SECTION.FIELD=V1,V2",
                    help="one swept axis, e.g. --grid sae.n_atoms=512,1024 --grid sae.k=8,16 (product of axes)")
     w.set_defaults(func=cmd_sweep)
+    from .studies import STUDIES
+
+    st = sub.add_parser("study", help="one of the book's ablation studies: its sweep, table and plot")
+    st.add_argument("study", choices=sorted(STUDIES), help="which study")
+    _add_run_arguments(st)
+    st.set_defaults(func=cmd_study)
     b = sub.add_parser("bench", help="measure each stage against its limit")
     b.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     b.add_argument("--out", default=None,

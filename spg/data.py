@@ -133,6 +133,26 @@ class AnomalyDataset(torch.utils.data.Dataset):
         keep = set(wanted)
         return AnomalyDataset([r for r in self.records if r.category in keep], self.image_size, self.name)
 
+    def sample(self, per_category: int, seed: int = 0) -> "AnomalyDataset":
+        """At most ``per_category`` images of each category, drawn at random (``seed``) with the
+        category's share of anomalous images kept (rounded); record order is kept. The name gains
+        ``@per_category`` so the sample is never mistaken for the whole dataset."""
+        if not isinstance(per_category, int) or per_category < 2:
+            raise DatasetError(f"per_category must be an int >= 2 (one good, one anomalous image), got {per_category!r}")
+        rng = np.random.default_rng(seed)
+        keep: set[int] = set()
+        for cat in self.categories:
+            idx = np.array([i for i, r in enumerate(self.records) if r.category == cat])
+            if len(idx) <= per_category:
+                keep.update(idx.tolist())
+                continue
+            anomalous = idx[self.labels[idx] == 1]
+            n_anom = int(round(per_category * len(anomalous) / len(idx)))
+            for group, n in ((anomalous, n_anom), (idx[self.labels[idx] == 0], per_category - n_anom)):
+                keep.update(rng.choice(group, size=min(n, len(group)), replace=False).tolist())
+        records = [r for i, r in enumerate(self.records) if i in keep]
+        return AnomalyDataset(records, self.image_size, f"{self.name}@{per_category}")
+
     def fingerprint(self) -> str:
         """SHA-256 over name, size and each file's relative path, size and mtime (no full reads)."""
         paths = [p for r in self.records for p in (r.image_path, r.mask_path) if p is not None]

@@ -1,7 +1,8 @@
 """Token extraction and the on-disk token store.
 
 A backbone is run once over a dataset; its global tokens, patch-token grids and the binarised
-input-size masks are written to a content-addressed cache folder as float16 / uint8 ``.npy`` files
+input-size masks (and each image's absolute path, so any working directory can read the images
+back) are written to a content-addressed cache folder as float16 / uint8 ``.npy`` files
 that are memory-mapped when read. SAE and guide training then stream batches from the store
 (read with ``preadv``, :meth:`TokenStore.read_rows`) without loading it into memory.
 """
@@ -208,15 +209,74 @@ def feature_key(backbone_description: dict[str, Any], dataset_fingerprint: str, 
     }
 
 
-@torch.inference_mode()
 def extract_features(
-    dataset: Any, backbone: Any, cache_dir: Path, cfg: ExtractConfig, *, progress: bool = True
+    dataset: Any, backbone: Any, cache_dir: Path, cfg: ExtractConfig, *, source: Any = None, progress: bool = True
 ) -> TokenStore:
-    """Run ``backbone`` over ``dataset`` once and return the (possibly already cached) token store."""
-    key = feature_key(backbone.describe(), dataset.fingerprint(), dataset.name)
+    """The token store of ``dataset`` (from the cache when present).
+
+    The backbone runs once per *category*: each category is extracted into its own cache entry,
+    and a store of several categories is assembled from those entries by copying rows, so
+    cross-dataset splits that share a category share its extraction. When ``dataset`` is a sample
+    of ``source`` (``AnomalyDataset.sample``), its rows are copied from the cached stores of
+    ``source``'s whole categories where those exist; otherwise only the sampled images are extracted.
+    """
+    description = backbone.describe()
+    key = feature_key(description, dataset.fingerprint(), dataset.name)
     folder = artifact_path(cache_dir, "features", key)
     if is_complete(folder):
         return TokenStore(folder)
+    source = dataset if source is None else source
+    if source is dataset and len(dataset.categories) == 1:
+        return _extract_dataset(dataset, backbone, folder, key, cfg, progress)
+    parts = []
+    for category in source.categories:
+        whole = source.subset([category])
+        cached = is_complete(artifact_path(cache_dir, "features", feature_key(description, whole.fingerprint(), whole.name)))
+        part = whole if source is dataset or cached else dataset.subset([category])
+        parts.append(extract_features(part, backbone, cache_dir, cfg, progress=progress))
+    return assemble_store(parts, [str(r.image_path) for r in dataset.records], folder, key)
+
+
+def assemble_store(parts: Sequence[TokenStore], paths: Sequence[str], folder: Path, key: dict[str, Any]) -> TokenStore:
+    """A new store at ``folder`` holding the images ``paths`` (in that order), copied from ``parts``."""
+    where = {os.path.abspath(p): (i, row) for i, part in enumerate(parts) for row, p in enumerate(part.paths)}
+    paths = [os.path.abspath(p) for p in paths]
+    missing = [p for p in paths if p not in where]
+    if missing:
+        raise ValueError(f"{len(missing)} images (e.g. {missing[0]}) are in none of the stores to assemble from")
+    first = parts[0]
+    if any(p.grid != first.grid or p.dim != first.dim or p.image_size != first.image_size for p in parts):
+        raise ValueError("stores to assemble differ in grid, token dimension or image size")
+    n = len(paths)
+    with atomic_artifact(folder, key) as tmp:
+        out = {
+            "global": open_memmap(tmp / "global.npy", mode="w+", dtype=np.float16, shape=(n, first.dim)),
+            "patches": open_memmap(tmp / "patches.npy", mode="w+", dtype=np.float16, shape=(n, first.grid, first.grid, first.dim)),
+            "masks": open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, first.image_size, first.image_size)),
+        }
+        records = []
+        for start in range(0, n, 64):
+            chunk = [where[p] for p in paths[start : start + 64]]
+            for name, arr in out.items():
+                arr[start : start + len(chunk)] = np.stack([parts[i].read_rows(name, [row])[0] for i, row in chunk])
+            records += [
+                {"path": os.path.abspath(parts[i].paths[row]), "label": int(parts[i].labels[row]),
+                 "category": str(parts[i].categories[row]), "defect": str(parts[i].defects[row])}
+                for i, row in chunk
+            ]
+        for arr in out.values():
+            arr.flush()
+        del out
+        (tmp / "records.json").write_text(json.dumps(records))
+        meta = {"schema_version": FEATURES_SCHEMA_VERSION, **key, "n_images": n, "grid": first.grid,
+                "dim": first.dim, "image_size": first.image_size, "assembled_from": [p.key for p in parts]}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    return TokenStore(folder)
+
+
+@torch.inference_mode()
+def _extract_dataset(dataset: Any, backbone: Any, folder: Path, key: dict[str, Any], cfg: ExtractConfig, progress: bool) -> TokenStore:
+    """Run ``backbone`` over every image of ``dataset`` into a new store at ``folder``."""
     n, s, g, d = len(dataset), backbone.image_size, backbone.grid, backbone.dim
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=loader_workers(cfg, backbone))
     with atomic_artifact(folder, key) as tmp:
@@ -232,7 +292,7 @@ def extract_features(
             patches[start : start + b] = patch_tokens.numpy().astype(np.float16)
             masks[start : start + b] = (batch["mask"].numpy() > 0.5).astype(np.uint8)
             records += [
-                {"path": p, "label": int(lbl), "category": c, "defect": dft}
+                {"path": os.path.abspath(p), "label": int(lbl), "category": c, "defect": dft}
                 for p, lbl, c, dft in zip(batch["path"], batch["label"], batch["category"], batch["defect"])
             ]
             start += b

@@ -63,6 +63,10 @@ class RunConfig:
     """The preset these settings started from (``paper``, ``default``, ``smoke``)."""
     cache_dir: str | None = None
     """Artifact cache; None: ``$SPG_CACHE_DIR`` or ``~/.cache/spg``."""
+    aux_images_per_category: int | None = None
+    """Train on at most this many auxiliary images per category (a seeded sample keeping each
+    category's share of anomalous images), to make ablation sweeps affordable; None: all. The
+    tokens come from the full categories' cache; target images are never sampled."""
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     """Token extraction."""
     sae: SAEConfig = field(default_factory=SAEConfig)
@@ -142,8 +146,10 @@ def extract(cfg: RunConfig, role: str, *, progress: bool = True) -> TokenStore:
     if role not in ("aux", "target"):
         raise ConfigError(f"role must be 'aux' or 'target', got {role!r}")
     backbone = load_backbone(cfg.extract.backbone, cfg.extract.weights, cfg.extract.stages)
-    dataset = load_dataset(getattr(cfg, role), role, cfg, backbone.image_size)
-    return extract_features(dataset, backbone, resolve_cache_dir(cfg.cache_dir), cfg.extract, progress=progress)
+    full = load_dataset(getattr(cfg, role), role, cfg, backbone.image_size)
+    sampled = role == "aux" and cfg.aux_images_per_category is not None
+    dataset = full.sample(cfg.aux_images_per_category) if sampled else full
+    return extract_features(dataset, backbone, resolve_cache_dir(cfg.cache_dir), cfg.extract, source=full, progress=progress)
 
 
 @dataclass

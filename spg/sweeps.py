@@ -36,10 +36,20 @@ def apply_point(base: RunConfig, point: dict[str, Any]) -> RunConfig:
     return override(base, **sections)
 
 
-def sweep(base: RunConfig, points: list[dict[str, Any]], out: str | Path | None = None, *, progress: bool = True) -> pd.DataFrame:
-    """One row per (point, target category incl. ``mean``): the point's values, the metrics, seconds."""
+def sweep(base: RunConfig, points: list[dict[str, Any]], out: str | Path | None = None, *,
+          labels: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
+    """One row per (point, target category incl. ``mean``): the point's label (``labels``, default
+    the overrides as text), its values, the metrics and the point's wall seconds (stages found in
+    the cache cost ~0)."""
+    labels = labels or [", ".join(f"{k}={v}" for k, v in point.items()) for point in points]
+    if len(labels) != len(points):
+        raise ConfigError(f"{len(labels)} labels for {len(points)} sweep points")
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_json({"base": base, "points": points, "labels": labels}, out / "sweep_config.json")
     rows = []
-    for point in points:
+    for label, point in zip(labels, points):
         cfg = apply_point(base, point)
         t0 = time.perf_counter()
         aux, target = extract(cfg, "aux", progress=progress), extract(cfg, "target", progress=progress)
@@ -48,15 +58,17 @@ def sweep(base: RunConfig, points: list[dict[str, Any]], out: str | Path | None 
         table = evaluate(target, guides, cfg.eval, cfg.cache_dir, progress=progress).metrics
         seconds = time.perf_counter() - t0
         for category, metrics in table.iterrows():
-            rows.append({**point, "category": category, **metrics.to_dict(), "seconds": seconds,
+            rows.append({"point": label, **point, "category": category, **metrics.to_dict(), "seconds": seconds,
                          "sae_explained_variance": sae.stats.get("explained_variance"), "sae_alive": sae.stats.get("n_alive")})
-    frame = pd.DataFrame(rows)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_json({"base": base, "points": points}, out / "sweep_config.json")
-        frame.to_csv(out / "sweep.csv", index=False)
-    return frame
+        if out is not None:  # after every point, so a long sweep that is stopped keeps what it measured
+            _write_csv(pd.DataFrame(rows), out / "sweep.csv")
+    return pd.DataFrame(rows)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
 
 
 def means(frame: pd.DataFrame) -> pd.DataFrame:

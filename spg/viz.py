@@ -146,6 +146,34 @@ def bars(data: pd.DataFrame, x: str, y: str, *, hue: str | None = None, title: s
 
 
 @_styled
+def sweep_panels(data: pd.DataFrame, x: str, metrics: Sequence[str], *, hue: str | None = None, title: str = "") -> Figure:
+    """One panel per metric (values in %) over a sweep's points: lines over a numeric ``x`` (log2
+    axis, one line per ``hue`` value) or markers over categorical point labels (``x="point"``)."""
+    fig = _figure(3.3 * len(metrics), 3.2)
+    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    numeric = x != "point"
+    for ax, metric in zip(axes, metrics):
+        if numeric:
+            for value, part in (data.groupby(hue, sort=True) if hue else [(None, data)]):
+                part = part.sort_values(x)
+                ax.plot(part[x], part[metric], marker="o", label=None if hue is None else f"{hue.split('.')[-1]}={value}")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(data[x].unique()), [str(v) for v in sorted(data[x].unique())])
+            ax.set_xlabel(x.split(".")[-1])
+        else:
+            ax.plot(np.arange(len(data)), data[metric], marker="o", linestyle="none", markersize=7)
+            ax.set_xticks(np.arange(len(data)), data[x].astype(str), rotation=35, ha="right")
+        from .analysis.results import SHORT_NAMES
+
+        ax.set_title(SHORT_NAMES.get(metric, metric))
+        ax.set_ylabel("%")
+    if hue:
+        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.suptitle(title)
+    return fig
+
+
+@_styled
 def mass_curves(mass: pd.DataFrame) -> Figure:
     """Cumulative share of each guide's L1 mass held by its top-n atoms (``guide, n, share``)."""
     fig = _figure(5.6, 3.4)
@@ -201,13 +229,14 @@ def score_strips(scores: pd.DataFrame, score: str) -> Figure:
 
 @_styled
 def heatmap(table: pd.DataFrame, title: str, *, cbar_label: str = "", fmt: str = ".2f",
-            vmin: float | None = 0, vmax: float | None = 1) -> Figure:
-    """Annotated heat map of a numeric table (rows x columns as given)."""
+            vmin: float | None = 0, vmax: float | None = 1, cmap: str = "mako_r") -> Figure:
+    """Annotated heat map of a numeric table (rows x columns as given); pass a diverging ``cmap``
+    (e.g. ``"vlag"``) with symmetric ``vmin``/``vmax`` for signed values."""
     import seaborn as sns
 
     fig = _figure(min(2.0 + 0.6 * table.shape[1], 12.0), 1.4 + 0.3 * table.shape[0])
     ax = fig.subplots()
-    sns.heatmap(table, annot=table.shape[0] * table.shape[1] <= 400, fmt=fmt, cmap="mako_r", vmin=vmin, vmax=vmax,
+    sns.heatmap(table, annot=table.shape[0] * table.shape[1] <= 400, fmt=fmt, cmap=cmap, vmin=vmin, vmax=vmax,
                 ax=ax, cbar_kws={"label": cbar_label}, annot_kws={"fontsize": 8}, linewidths=0.3)
     ax.set(title=title, xlabel=table.columns.name or "", ylabel=table.index.name or "")
     ax.tick_params(axis="x", labelrotation=35)

@@ -1,5 +1,7 @@
 """Baselines: dense guides, random dictionary, training-free patch kNN; side-by-side comparison."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -50,3 +52,9 @@ def test_compare_puts_all_methods_side_by_side(smoke_cache, tmp_path):
     assert result.means.loc["spg", "pixel_auroc"] != result.means.loc["dense_guides", "pixel_auroc"]
     again = load_comparison(tmp_path)
     assert np.allclose(again.means.to_numpy(), result.means.to_numpy(), equal_nan=True)
+    # per defect type, every method: one row per (category, defect) of the target, e.g. gravel/crack
+    defects = again.per_defect.reset_index()
+    assert set(defects["method"]) == set(METHODS)
+    assert defects.groupby("method").size().nunique() == 1 and defects["defect"].str.contains("/").all()
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert {"sae", "train_spg", "evaluate_training_free"} <= set(timing["seconds"])

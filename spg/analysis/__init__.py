@@ -14,7 +14,7 @@ from .data import (  # noqa: F401
 )
 from .atoms import (  # noqa: F401
     atom_activations, SAEPass, sae_pass, choose_atoms, atom_image_scores, top_images,
-    top_per_category, activation_panels, category_firing, generality, generality_long, firing_matrix
+    top_per_category, activation_panels, defect_firing, lift_matrix, defect_mass, category_firing, generality, generality_long, firing_matrix
 )
 from .results import (  # noqa: F401
     sparsity_table, mass_table, top_coefficients, mass_at, guide_cosines, maps_for, percent,

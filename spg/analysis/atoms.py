@@ -167,6 +167,62 @@ def _window(act: np.ndarray, crop: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------- atoms
 
 
+@torch.no_grad()
+def defect_firing(sae, stores: dict, atoms: Sequence[int], threshold: float = 1e-3, batch_images: int = 8,
+                  min_overlap: float = 0.25) -> pd.DataFrame:
+    """Does each atom fire *on the defects*? Per atom, role (key of ``stores``) and category: its firing
+    rate on defect patches (at least ``min_overlap`` of the patch in the mask), on the patches of
+    normal images, and their ratio ``lift`` (firing on defects / on normal images; the normal rate is
+    floored at one patch, so an atom never seen on normal images gets a finite lift; NaN when the
+    atom fires on neither)."""
+    rows = []
+    for role, store in stores.items():
+        for cat in store.category_names():
+            fire = {"defect": torch.zeros(len(atoms)), "normal": torch.zeros(len(atoms))}
+            count = {"defect": 0, "normal": 0}
+            for batch in store.iter_batches(batch_images, indices=store.indices(cat)):
+                act = atom_activations(sae, batch["patches"], atoms) > threshold  # [B, A, h, w]
+                h, w = act.shape[-2:]
+                defect = F.adaptive_avg_pool2d(batch["masks"][:, None], (h, w))[:, 0] >= min_overlap
+                normal = (batch["labels"] == 0)[:, None, None].expand_as(defect)
+                for name, sel in (("defect", defect), ("normal", normal)):
+                    fire[name] += act.permute(1, 0, 2, 3)[:, sel].sum(1).float()
+                    count[name] += int(sel.sum())
+            on_defect = fire["defect"] / max(count["defect"], 1)
+            on_normal = fire["normal"] / max(count["normal"], 1)
+            lift = on_defect / torch.clamp(on_normal, min=1 / max(count["normal"], 1))
+            lift[(fire["defect"] == 0) & (fire["normal"] == 0)] = float("nan")  # fires on neither: no evidence
+            rows += [{"atom": int(a), "role": role, "category": cat, "on_defect": float(d), "on_normal": float(n),
+                      "lift": float(lf), "defect_patches": count["defect"]}
+                     for a, d, n, lf in zip(atoms, on_defect, on_normal, lift)]
+    return pd.DataFrame(rows)
+
+
+def lift_matrix(firing: pd.DataFrame, low: float = -4.0, high: float = 8.0) -> pd.DataFrame:
+    """Atoms x ``role: category`` table of ``log2(lift)`` from :func:`defect_firing`, clipped to
+    ``[low, high]`` (a lift of 0, never on defects, shows as ``low``); NaN where the atom fires on neither."""
+    log2 = np.log2(firing["lift"].clip(lower=2.0**low)).clip(upper=high)
+    table = firing.assign(column=firing["role"] + ": " + firing["category"], row="atom " + firing["atom"].astype(str),
+                          log2_lift=log2)
+    out = table.pivot_table(index="row", columns="column", values="log2_lift", sort=False, dropna=False)
+    return out.rename_axis(index="atom", columns="category")
+
+
+def defect_mass(firing: pd.DataFrame, top: pd.DataFrame, min_lift: float = 2.0) -> pd.DataFrame:
+    """Per role and category: the share of the guide's L1 mass (``top``: :func:`~spg.analysis.top_coefficients`)
+    held by the listed atoms that fire at least ``min_lift`` times more often on that category's
+    defects than on its normal images, and how many such atoms there are."""
+    share = firing.merge(top[["atom", "share of L1"]], on="atom")
+    share = share.assign(on_defects=share["lift"] >= min_lift)
+    rows = []
+    for (role, cat), part in share.groupby(["role", "category"], sort=False):
+        hit = part[part["on_defects"]]
+        rows.append({"role": role, "category": cat, f"atoms with lift >= {min_lift:g}": len(hit),
+                     "their share of the guide's L1 mass": round(float(hit["share of L1"].sum()), 4),
+                     "listed atoms' share": round(float(part["share of L1"].sum()), 4)})
+    return pd.DataFrame(rows)
+
+
 def category_firing(stores: dict, scores: dict, atoms: Sequence[int], threshold: float = 1e-3) -> pd.DataFrame:
     """Share of each category's images on which each atom fires (image score above ``threshold``)."""
     rows = []

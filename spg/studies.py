@@ -1,0 +1,110 @@
+"""The ablation studies of the book: named sweeps with their points, their plot and their table.
+
+Each :class:`Study` is a list of labelled points (config overrides, as in :mod:`spg.sweeps`) and
+the axes to plot them on. :func:`run_study` sweeps a base config over the points and writes
+``sweep.csv`` (every point, every target category), ``means.csv`` (the category means, one row per
+point, metrics in %), ``plot.png`` + ``plot.csv`` and ``study.json`` (the base config, the points
+and the wall time). ``python -m spg study NAME ...`` is the command line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import ConfigError, save_json
+from .pipeline import RunConfig
+from .sweeps import grid, sweep
+
+GRID_STAGES = {"2,3,4,5 (default)": (2, 3, 4, 5), "2,3": (2, 3), "3,4": (3, 4), "4,5": (4, 5)}
+"""Token-grid choices of EfficientNet-Lite: which stages (strides 8/16/16/32) are concatenated."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """One ablation: labelled points and how to plot them."""
+
+    title: str
+    """What is varied, as a figure title."""
+    points: tuple[tuple[str, dict[str, Any]], ...]
+    """``(label, {"section.field": value})`` per point, in plotting order."""
+    x: str
+    """The plot's x axis: a swept key (numeric axis) or ``"point"`` (the labels, categorical)."""
+    hue: str | None = None
+    """A second swept key drawn as one line per value, or None."""
+    metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro")
+    """The metrics drawn, one panel each (the tables hold all six)."""
+
+
+def _sae_size() -> Study:
+    points = grid(sae__n_atoms=[512, 1024, 2048, 4096], sae__k=[8, 16, 32, 64])
+    return Study("SAE dictionary size C and sparsity k",
+                 tuple((f"C={p['sae.n_atoms']} k={p['sae.k']}", p) for p in points), "sae.n_atoms", "sae.k")
+
+
+def _guide_sparsity() -> Study:
+    topn = [(f"top-{n}", {"guides.sparsity": "topn", "guides.top_n": n}) for n in (8, 32, 128, 512, 1024)]
+    return Study("Guide sparsity: L1 penalty or top-n coefficients per guide",
+                 (("L1", {"guides.sparsity": "l1"}), *topn), "point")
+
+
+def _pooling() -> Study:
+    lse = [(f"lse T={t:g}", {"eval.image_score": "lse", "eval.lse_temperature": t}) for t in (0.01, 0.05, 0.2, 1.0)]
+    others = [(name, {"eval.image_score": name}) for name in ("top10_mean", "global", "hybrid")]
+    return Study("Image-score pooling (pixel metrics do not depend on it)",
+                 (("max", {"eval.image_score": "max"}), *lse, *others), "point",
+                 metrics=("image_auroc", "image_ap", "image_f1max"))
+
+
+def _token_grid() -> Study:
+    return Study("Token grid: which backbone stages form the tokens",
+                 tuple((label, {"extract.stages": stages}) for label, stages in GRID_STAGES.items()), "point")
+
+
+STUDIES: dict[str, Study] = {
+    "sae_size": _sae_size(), "guide_sparsity": _guide_sparsity(), "pooling": _pooling(), "token_grid": _token_grid(),
+}
+"""The four ablation studies of the book, by name."""
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise ConfigError(f"unknown study {name!r}; choose one of {sorted(STUDIES)}")
+    return STUDIES[name]
+
+
+def study_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """The category-mean row of every point, metrics in % (one decimal), in point order."""
+    from .metrics import METRIC_NAMES
+
+    rows = frame[frame["category"] == "mean"].drop(columns="category").reset_index(drop=True)
+    rows[list(METRIC_NAMES)] = (rows[list(METRIC_NAMES)] * 100).round(1)
+    return rows.set_index("point")
+
+
+def plot_study(study: Study, means: pd.DataFrame):
+    """The study's figure: one panel per metric of ``study.metrics`` over its points."""
+    from . import viz
+
+    return viz.sweep_panels(means.reset_index(), study.x, list(study.metrics), hue=study.hue, title=study.title)
+
+
+def run_study(name: str, base: RunConfig, out: str | Path, *, progress: bool = True) -> pd.DataFrame:
+    """Sweep ``base`` over the study's points and write its files to ``out``; returns the means table."""
+    from .viz import save_figure
+
+    study = get_study(name)
+    out = Path(out)
+    t0 = time.perf_counter()
+    frame = sweep(base, [p for _, p in study.points], out, labels=[label for label, _ in study.points], progress=progress)
+    seconds = time.perf_counter() - t0
+    table = study_means(frame)
+    table.to_csv(out / "means.csv")
+    save_figure(plot_study(study, table), table.reset_index(), "plot", out)
+    save_json({"study": name, "title": study.title, "base": base, "points": dict(study.points),
+               "wall_seconds": round(seconds, 1)}, out / "study.json")
+    return table
