@@ -167,7 +167,23 @@ def compare(cfg: RunConfig, out: str | Path | None = None, *, knn: int = 3, prog
         save_json({"seconds": seconds, "note": "wall seconds per stage in this call; 0-1 s means read from the cache",
                    "n_aux_images": len(aux), "n_target_images": len(target), "threads": torch.get_num_threads()},
                   out / "timing.json")
+        write_percent_tables(out)
     return Comparison(long, means, per_defect)
+
+
+def write_percent_tables(folder: str | Path) -> None:
+    """Next to :func:`compare`'s files, the tables the book shows: metrics in % (one decimal) with
+    short column names: ``comparison_means_pct.csv`` (methods) and ``comparison_per_defect_pct.csv``
+    (defect types x methods)."""
+    from .analysis.results import percent
+
+    folder = Path(folder)
+    result = load_comparison(folder)
+    percent(result.means).rename_axis("method").to_csv(folder / "comparison_means_pct.csv")
+    if result.per_defect is not None:
+        table = percent(result.per_defect).reset_index()
+        table = table.sort_values(["defect", "method"], key=lambda c: c.map(METHODS.index) if c.name == "method" else c)
+        table[["defect", "method", *table.columns[2:]]].to_csv(folder / "comparison_per_defect_pct.csv", index=False)
 
 
 def load_comparison(folder: str | Path) -> Comparison:

@@ -65,8 +65,14 @@ def _token_grid() -> Study:
                  tuple((label, {"extract.stages": stages}) for label, stages in GRID_STAGES.items()), "point")
 
 
+def _seeds() -> Study:
+    return Study("Seed of the SAE and the guides (the noise floor of the other studies)",
+                 tuple((f"seed {s}", {"sae.seed": s, "guides.seed": s}) for s in (0, 1, 2, 3, 4)), "point")
+
+
 STUDIES: dict[str, Study] = {
     "sae_size": _sae_size(), "guide_sparsity": _guide_sparsity(), "pooling": _pooling(), "token_grid": _token_grid(),
+    "seeds": _seeds(),
 }
 """The four ablation studies of the book, by name."""
 
@@ -84,6 +90,17 @@ def study_means(frame: pd.DataFrame) -> pd.DataFrame:
     rows = frame[frame["category"] == "mean"].drop(columns="category").reset_index(drop=True)
     rows[list(METRIC_NAMES)] = (rows[list(METRIC_NAMES)] * 100).round(1)
     return rows.set_index("point")
+
+
+def display_table(means: pd.DataFrame) -> pd.DataFrame:
+    """The book's table of a study: the six metrics (%) under short names, the SAE's explained
+    variance and live atoms, and the point's wall seconds (0 when all its stages were cached)."""
+    from .analysis.results import SHORT_NAMES
+    from .metrics import METRIC_NAMES
+
+    table = means[list(METRIC_NAMES)].rename(columns=SHORT_NAMES)
+    return table.assign(**{"SAE expl. var.": means["sae_explained_variance"].round(3),
+                           "live atoms": means["sae_alive"], "seconds": means["seconds"].round(0).astype(int)})
 
 
 def plot_study(study: Study, means: pd.DataFrame):
@@ -104,6 +121,7 @@ def run_study(name: str, base: RunConfig, out: str | Path, *, progress: bool = T
     seconds = time.perf_counter() - t0
     table = study_means(frame)
     table.to_csv(out / "means.csv")
+    display_table(table).to_csv(out / "table.csv")
     save_figure(plot_study(study, table), table.reset_index(), "plot", out)
     save_json({"study": name, "title": study.title, "base": base, "points": dict(study.points),
                "wall_seconds": round(seconds, 1)}, out / "study.json")

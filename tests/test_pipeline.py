@@ -103,3 +103,18 @@ def test_cli_paper_backbone_without_weights_fails_fast_with_instructions(tmp_pat
     assert "Traceback" not in proc.stderr
     assert "ViT-L-14-336" in proc.stderr and "SPG_WEIGHTS_OPENCLIP" in proc.stderr
     assert time.perf_counter() - t0 < 60
+
+
+def test_sampled_aux_trains_on_the_sample_and_keeps_the_target_whole(smoke_cache):
+    from spg.__main__ import build_config, make_parser
+
+    args = make_parser().parse_args(["study", "pooling", "--preset", "smoke", "--aux-per-category", "2",
+                                     "--cache-dir", str(smoke_cache)])
+    cfg = build_config(args)
+    assert cfg.aux_images_per_category == 2
+    aux, target = extract(cfg, "aux", progress=False), extract(cfg, "target", progress=False)
+    whole = extract(preset_config("smoke", cache_dir=str(smoke_cache)), "aux", progress=False)
+    assert len(aux) == 2 * len(aux.category_names()) < len(whole)
+    assert set(aux.labels.tolist()) == {0, 1}
+    assert len(target) == len(extract(preset_config("smoke", cache_dir=str(smoke_cache)), "target", progress=False))
+    assert set(aux.paths) < set(whole.paths)

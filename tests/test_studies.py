@@ -41,6 +41,9 @@ def test_pooling_study_writes_tables_plot_and_config(smoke_cache, tmp_path):
     assert pd.read_csv(tmp_path / "means.csv", index_col=0).index.tolist() == list(table.index)
     assert (tmp_path / "plot.png").stat().st_size > 5_000 and (tmp_path / "sweep.csv").is_file()
     assert json.loads((tmp_path / "study.json").read_text())["wall_seconds"] > 0
+    shown = pd.read_csv(tmp_path / "table.csv", index_col=0)
+    assert list(shown.columns[:6]) == ["I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "AUPRO"]
+    assert shown.loc["max", "I-AUROC"] == table.loc["max", "image_auroc"]
 
 
 def test_sweep_panels_numeric_axis_with_hue():
