@@ -109,6 +109,15 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .baselines import summarise
+
+    table = summarise(args.folders, args.out)
+    print(table.to_string())
+    print(f"\nsplits.csv, splits.png and runtime.csv in {Path(args.out).resolve()}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -155,6 +164,10 @@ def make_parser() -> argparse.ArgumentParser:
     st.add_argument("study", choices=sorted(STUDIES), help="which study")
     _add_run_arguments(st)
     st.set_defaults(func=cmd_study)
+    sm = sub.add_parser("summary", help="one table and figure over several `compare` result folders")
+    sm.add_argument("folders", nargs="+", help="folders written by `python -m spg compare --out`")
+    sm.add_argument("--out", required=True, help="where to write splits.csv, splits.png, runtime.csv")
+    sm.set_defaults(func=cmd_summary)
     b = sub.add_parser("bench", help="measure each stage against its limit")
     b.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     b.add_argument("--out", default=None,

@@ -174,7 +174,7 @@ def compare(cfg: RunConfig, out: str | Path | None = None, *, knn: int = 3, prog
 def write_percent_tables(folder: str | Path) -> None:
     """Next to :func:`compare`'s files, the tables the book shows: metrics in % (one decimal) with
     short column names: ``comparison_means_pct.csv`` (methods) and ``comparison_per_defect_pct.csv``
-    (defect types x methods)."""
+    (each defect type against the category's normal images, per method)."""
     from .analysis.results import percent
 
     folder = Path(folder)
@@ -182,8 +182,46 @@ def write_percent_tables(folder: str | Path) -> None:
     percent(result.means).rename_axis("method").to_csv(folder / "comparison_means_pct.csv")
     if result.per_defect is not None:
         table = percent(result.per_defect).reset_index()
+        table = table[table["defect"] != "mean"]  # the category tables hold the means
         table = table.sort_values(["defect", "method"], key=lambda c: c.map(METHODS.index) if c.name == "method" else c)
         table[["defect", "method", *table.columns[2:]]].to_csv(folder / "comparison_per_defect_pct.csv", index=False)
+
+
+def timing_table(folders: dict[str, str | Path]) -> pd.DataFrame:
+    """Wall seconds per stage (rows) of several :func:`compare` runs (columns, named by the keys of
+    ``folders``), read from their ``timing.json``, with image counts and the total."""
+    import json
+
+    columns = {}
+    for name, folder in folders.items():
+        info = json.loads((Path(folder) / "timing.json").read_text())
+        seconds = pd.Series(info["seconds"], dtype=float)
+        columns[name] = pd.concat([pd.Series({"auxiliary images": info["n_aux_images"], "target images": info["n_target_images"]}),
+                                   seconds, pd.Series({"total": seconds.sum()})])
+    return pd.DataFrame(columns).rename_axis("stage (s)").round(1)
+
+
+def summarise(folders: list[str | Path], out: str | Path) -> pd.DataFrame:
+    """One table and one figure over several :func:`compare` runs (e.g. the three real-data splits):
+    ``splits.csv`` (target x method, metrics in %), ``splits.png`` + ``.csv`` and ``runtime.csv``.
+    Each run is named by its target categories; returns the table."""
+    from .analysis.results import percent
+    from .pipeline import load_run_config
+    from .viz import method_panels, save_figure
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names, parts = {}, []
+    for folder in map(Path, folders):
+        cfg = load_run_config(folder / "run_config.json")
+        name = " + ".join(spec.rsplit(":", 1)[-1] for spec in cfg.target)
+        names[name] = folder
+        parts.append(percent(load_comparison(folder).means).rename_axis("method").reset_index().assign(target=name))
+    table = pd.concat(parts, ignore_index=True).set_index(["target", "method"])
+    table.to_csv(out / "splits.csv")
+    save_figure(method_panels(table.reset_index(), ["I-AUROC", "P-AUROC", "AUPRO"]), table.reset_index(), "splits", out)
+    timing_table(names).to_csv(out / "runtime.csv", float_format="%g")
+    return table
 
 
 def load_comparison(folder: str | Path) -> Comparison:

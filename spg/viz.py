@@ -174,6 +174,20 @@ def sweep_panels(data: pd.DataFrame, x: str, metrics: Sequence[str], *, hue: str
 
 
 @_styled
+def method_panels(data: pd.DataFrame, metrics: Sequence[str], x: str = "target", hue: str = "method") -> Figure:
+    """One panel per metric: grouped bars of ``metrics`` (columns of ``data``, in %) per ``x``, one bar per ``hue``."""
+    import seaborn as sns
+
+    fig = _figure(3.4 * len(metrics) + 1.6, 3.4)
+    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    for ax, metric in zip(axes, metrics):
+        sns.barplot(data=data, x=x, y=metric, hue=hue, ax=ax, palette="colorblind", legend=ax is axes[-1])
+        ax.set(title=metric, xlabel="", ylabel="%", ylim=(max(0.0, float(data[metric].min()) - 10), 100))
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title=hue)
+    return fig
+
+
+@_styled
 def mass_curves(mass: pd.DataFrame) -> Figure:
     """Cumulative share of each guide's L1 mass held by its top-n atoms (``guide, n, share``)."""
     fig = _figure(5.6, 3.4)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from spg.baselines import METHODS, DenseGuideHead, PatchKNNScorer, compare, load_comparison, random_dictionary
+from spg.baselines import (METHODS, DenseGuideHead, PatchKNNScorer, compare, load_comparison, random_dictionary,
+                           summarise)
 from spg.guides import GuideConfig, spg_losses
 from spg.metrics import METRIC_NAMES
 from spg.pipeline import preset_config
@@ -55,6 +56,11 @@ def test_compare_puts_all_methods_side_by_side(smoke_cache, tmp_path):
     # per defect type, every method: one row per (category, defect) of the target, e.g. gravel/crack
     defects = again.per_defect.reset_index()
     assert set(defects["method"]) == set(METHODS)
-    assert defects.groupby("method").size().nunique() == 1 and defects["defect"].str.contains("/").all()
+    assert defects.groupby("method").size().nunique() == 1 and defects["defect"].drop_duplicates().iloc[:-1].str.contains("/").all()
+    assert (defects["defect"] == "mean").sum() == len(METHODS)  # the mean over defect types, once per method
     timing = json.loads((tmp_path / "timing.json").read_text())
     assert {"sae", "train_spg", "evaluate_training_free"} <= set(timing["seconds"])
+    table = summarise([tmp_path], tmp_path / "summary")
+    assert list(table.index.get_level_values("method")) == list(METHODS)
+    assert table.loc[(table.index[0][0], "spg"), "AUPRO"] == round(result.means.loc["spg", "aupro"] * 100, 1)
+    assert {"splits.csv", "splits.png", "runtime.csv"} <= {p.name for p in (tmp_path / "summary").iterdir()}
