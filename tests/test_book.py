@@ -55,6 +55,7 @@ def _build(site: Path) -> subprocess.CompletedProcess:
 def test_book_from_smoke_notebooks(tmp_path, monkeypatch):
     """Execute all notebooks (smoke preset) into a copy of book/, build it with -W, check pages and figures."""
     from spg import book
+    from spg.studies import STUDIES
 
     monkeypatch.setenv("SPG_CACHE_DIR", str(tmp_path / "cache"))
     site = tmp_path / "book"
@@ -87,6 +88,12 @@ def test_book_from_smoke_notebooks(tmp_path, monkeypatch):
         assert text.count("<img") >= 3, f"{name}: figures missing from the page"
     results = (html / "results.html").read_text()
     assert "gravel" in results and "AUPRO" in results
+    # the recorded real-data and ablation pages render from the committed results/ (no data needed)
+    real = (html / "real_data.html").read_text()
+    assert "metal_plate" in real and "random_dictionary" in real and "magnetic_tile/blowhole" in real
+    for page in ("real_atoms", "real/atoms_a", "ablations/index", *(f"ablations/{s}" for s in sorted(STUDIES))):
+        text = (html / f"{page}.html").read_text()
+        assert "<img" in text or page == "ablations/index", page
     assert len(list((html / "_images").glob("*.png"))) >= 25
 
     # A chapter with an error output must fail the build.
