@@ -64,9 +64,10 @@ class RunConfig:
     cache_dir: str | None = None
     """Artifact cache; None: ``$SPG_CACHE_DIR`` or ``~/.cache/spg``."""
     aux_images_per_category: int | None = None
-    """Train on at most this many auxiliary images per category (a seeded sample keeping each
-    category's share of anomalous images), to make ablation sweeps affordable; None: all. The
-    tokens come from the full categories' cache; target images are never sampled."""
+    """Train on at most this many auxiliary images per category (``AnomalyDataset.sample``, seed 0,
+    each category keeping its share of anomalous images), to make ablation sweeps affordable;
+    None: all. Their tokens are copied from the whole categories' cached tokens when those exist,
+    otherwise only the sampled images are extracted. Target images are never sampled."""
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     """Token extraction."""
     sae: SAEConfig = field(default_factory=SAEConfig)
@@ -77,6 +78,12 @@ class RunConfig:
     """Inference and metrics."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """The generated dataset used by ``synthetic`` specs."""
+
+    def __post_init__(self) -> None:
+        n = self.aux_images_per_category
+        if n is not None and (not isinstance(n, int) or n < 2):
+            raise ConfigError(f"aux_images_per_category (--aux-per-category) must be an integer >= 2 "
+                              f"(a normal and an anomalous image per category) or None for all images, got {n!r}")
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {

@@ -118,3 +118,5 @@ def test_sampled_aux_trains_on_the_sample_and_keeps_the_target_whole(smoke_cache
     assert set(aux.labels.tolist()) == {0, 1}
     assert len(target) == len(extract(preset_config("smoke", cache_dir=str(smoke_cache)), "target", progress=False))
     assert set(aux.paths) < set(whole.paths)
+    with pytest.raises(ConfigError, match="aux-per-category"):
+        preset_config("smoke", aux_images_per_category=1)
