@@ -109,6 +109,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spread(args: argparse.Namespace) -> int:
+    from .studies import write_seed_spread
+
+    print(write_seed_spread(args.study, args.folders, args.out).to_string())
+    print(f"\nspread.csv, spread_summary.csv and spread.png in {Path(args.out).resolve()}")
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from .baselines import summarise
 
@@ -164,6 +172,11 @@ def make_parser() -> argparse.ArgumentParser:
     st.add_argument("study", choices=sorted(STUDIES), help="which study")
     _add_run_arguments(st)
     st.set_defaults(func=cmd_study)
+    sp = sub.add_parser("spread", help="the spread over seeds of a study run once per seed (--seed)")
+    sp.add_argument("study", choices=sorted(STUDIES), help="which study")
+    sp.add_argument("folders", nargs="+", help="its output folders, one per seed")
+    sp.add_argument("--out", required=True, help="where to write spread.csv, spread_summary.csv, spread.png")
+    sp.set_defaults(func=cmd_spread)
     sm = sub.add_parser("summary", help="one table and figure over several `compare` result folders")
     sm.add_argument("folders", nargs="+", help="folders written by `python -m spg compare --out`")
     sm.add_argument("--out", required=True, help="where to write splits.csv, splits.png, runtime.csv")

@@ -94,12 +94,17 @@ def replace(cfg: T, **changes: Any) -> T:
 
 
 def save_json(obj: Any, path: Path) -> None:
-    """Write ``obj`` (dict or dataclass) as indented JSON, atomically."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = to_dict(obj)
+    """Write ``obj`` (a dict or a dataclass, config dataclasses nested anywhere) as indented JSON, atomically."""
+
+    def encode(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return to_dict(value)
+        return str(value)
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(json.dumps(encode(obj) if dataclasses.is_dataclass(obj) else obj, indent=2, sort_keys=False,
+                              default=encode) + "\n")
     tmp.replace(path)
 
 

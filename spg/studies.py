@@ -126,3 +126,47 @@ def run_study(name: str, base: RunConfig, out: str | Path, *, progress: bool = T
     save_json({"study": name, "title": study.title, "base": base, "points": dict(study.points),
                "wall_seconds": round(seconds, 1)}, out / "study.json")
     return table
+
+
+def across_seeds(folders: dict[str, str | Path]) -> pd.DataFrame:
+    """The same study run with several seeds (``folders``: seed label -> study folder): one row per
+    (point, seed) with the metrics in %, read from each folder's ``means.csv``."""
+    parts = [pd.read_csv(Path(folder) / "means.csv").assign(seed=label) for label, folder in folders.items()]
+    frame = pd.concat(parts, ignore_index=True)
+    return frame[["point", "seed", *[c for c in frame.columns if c not in ("point", "seed")]]]
+
+
+def seed_summary(frame: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """Per point (in the order first seen): mean, standard deviation, min and max over seeds of each metric."""
+    from .analysis.results import SHORT_NAMES
+
+    order = list(dict.fromkeys(frame["point"]))
+    stats = frame.groupby("point", sort=False)[list(metrics)].agg(["mean", "std", "min", "max"]).loc[order].round(1)
+    stats.columns = [f"{SHORT_NAMES.get(m, m)} {s}" for m, s in stats.columns]
+    return stats.assign(seeds=frame.groupby("point", sort=False).size().loc[order])
+
+
+def write_seed_spread(name: str, folders: list[str | Path], out: str | Path) -> pd.DataFrame:
+    """The spread over seeds of a study run once per seed (``python -m spg study NAME --seed S``):
+    ``spread.csv`` (every point and seed), ``spread_summary.csv`` (:func:`seed_summary` of the
+    study's plotted metrics) and ``spread.png`` + ``.csv``; returns the summary. Each folder's seed
+    is read from its ``study.json``."""
+    import json
+
+    from .viz import save_figure, seed_spread
+
+    study, out = get_study(name), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = {}
+    for folder in map(Path, folders):
+        info = json.loads((folder / "study.json").read_text())
+        if info["study"] != name:
+            raise ConfigError(f"{folder} holds study {info['study']!r}, not {name!r}")
+        labels[f"seed {info['base']['sae']['seed']}"] = folder
+    frame = across_seeds(labels)
+    frame.to_csv(out / "spread.csv", index=False)
+    summary = seed_summary(frame, study.metrics)
+    summary.to_csv(out / "spread_summary.csv")
+    save_figure(seed_spread(frame, list(study.metrics), title=f"{study.title}: {len(labels)} seeds"), frame, "spread", out)
+    return summary
+

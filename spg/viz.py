@@ -174,6 +174,26 @@ def sweep_panels(data: pd.DataFrame, x: str, metrics: Sequence[str], *, hue: str
 
 
 @_styled
+def seed_spread(data: pd.DataFrame, metrics: Sequence[str], x: str = "point", title: str = "") -> Figure:
+    """One panel per metric: every seed's value per ``x`` as a dot, and the mean over seeds as a bar."""
+    import seaborn as sns
+
+    from .analysis.results import SHORT_NAMES
+
+    fig = _figure(3.4 * len(metrics), 3.4)
+    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    for ax, metric in zip(axes, metrics):
+        sns.barplot(data=data, x=x, y=metric, ax=ax, color="#56B4E9", errorbar=None, alpha=0.6)
+        sns.stripplot(data=data, x=x, y=metric, ax=ax, color="#000000", size=4, jitter=0.15)
+        ax.set(title=SHORT_NAMES.get(metric, metric), xlabel="", ylabel="%", ylim=(max(0.0, float(data[metric].min()) - 10), 100))
+        ax.tick_params(axis="x", labelrotation=35)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    fig.suptitle(title)
+    return fig
+
+
+@_styled
 def method_panels(data: pd.DataFrame, metrics: Sequence[str], x: str = "target", hue: str = "method") -> Figure:
     """One panel per metric: grouped bars of ``metrics`` (columns of ``data``, in %) per ``x``, one bar per ``hue``."""
     import seaborn as sns

@@ -55,3 +55,12 @@ def test_atomic_artifact_is_all_or_nothing(tmp_path):
     with atomic_artifact(path, {"k": 1}) as tmp:
         (tmp / "full.bin").write_bytes(b"x")
     assert is_complete(path) and read_key(path) == {"k": 1}
+
+
+def test_save_json_writes_nested_configs_as_json_objects(tmp_path):
+    from spg.config import load_json, save_json
+
+    cfg = preset_config("smoke")
+    save_json({"base": cfg, "points": [{"sae.k": 4}]}, tmp_path / "sweep.json")
+    saved = load_json(tmp_path / "sweep.json")
+    assert from_dict(RunConfig, saved["base"]) == cfg  # not a repr string

@@ -89,3 +89,26 @@ def test_defect_firing_separates_defect_atoms_from_everywhere_atoms():
     top = pd.DataFrame({"atom": [0, 1], "share of L1": [0.25, 0.75]})
     mass = analysis.defect_mass(firing.reset_index(), top)
     assert mass.iloc[0]["their share of the guide's L1 mass"] == 0.25
+
+
+def _fake_study(folder, seed, values):
+    folder.mkdir(parents=True)
+    pd.DataFrame({"point": ["max", "global"], "image_auroc": values, "image_ap": values, "image_f1max": values}
+                 ).to_csv(folder / "means.csv", index=False)
+    (folder / "study.json").write_text(json.dumps({"study": "pooling", "base": {"sae": {"seed": seed}}}))
+    return folder
+
+
+def test_seed_spread_summarises_every_point_over_seeds(tmp_path):
+    from spg.studies import write_seed_spread
+
+    folders = [_fake_study(tmp_path / f"s{s}", s, v) for s, v in ((0, [60.0, 80.0]), (1, [40.0, 82.0]), (2, [50.0, 84.0]))]
+    summary = write_seed_spread("pooling", folders, tmp_path / "out")
+    assert list(summary.index) == ["max", "global"]
+    assert summary.loc["max", "I-AUROC mean"] == 50.0 and summary.loc["max", "I-AUROC std"] == 10.0
+    assert summary.loc["global", "I-AUROC min"] == 80.0 and summary.loc["global", "seeds"] == 3
+    spread = pd.read_csv(tmp_path / "out" / "spread.csv")
+    assert sorted(spread["seed"].unique()) == ["seed 0", "seed 1", "seed 2"]
+    assert (tmp_path / "out" / "spread.png").is_file()
+    with pytest.raises(ConfigError, match="not 'sae_size'"):
+        write_seed_spread("sae_size", folders, tmp_path / "bad")
