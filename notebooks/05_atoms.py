@@ -128,7 +128,9 @@ nb.show_figure(fig, defects, "05_defect_lift", figures_dir)
 
 # %% [markdown]
 # The share of the guide's L1 mass held by the listed atoms that fire at least twice as often on a
-# category's defects as on its normal images:
+# category's defects as on its normal images, and the listed atoms' firing rates on defect patches
+# and on normal images averaged with the guide's coefficients as weights (does the guide as a
+# whole fire more on the defects?):
 
 # %%
 nb.show_table(analysis.defect_mass(defects, top), "05_defect_mass", figures_dir)

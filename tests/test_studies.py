@@ -89,6 +89,8 @@ def test_defect_firing_separates_defect_atoms_from_everywhere_atoms():
     top = pd.DataFrame({"atom": [0, 1], "share of L1": [0.25, 0.75]})
     mass = analysis.defect_mass(firing.reset_index(), top)
     assert mass.iloc[0]["their share of the guide's L1 mass"] == 0.25
+    # weighted by the coefficients: 0.25 * 1.0 (atom 0) + 0.75 * 1.0 (atom 1 fires everywhere) on defects
+    assert mass.iloc[0]["weighted rate on defects"] == 1.0 and mass.iloc[0]["weighted rate on normal"] == 0.75
 
 
 def _fake_study(folder, seed, values):

@@ -211,15 +211,19 @@ def lift_matrix(firing: pd.DataFrame, low: float = -4.0, high: float = 8.0) -> p
 def defect_mass(firing: pd.DataFrame, top: pd.DataFrame, min_lift: float = 2.0) -> pd.DataFrame:
     """Per role and category: the share of the guide's L1 mass (``top``: :func:`~spg.analysis.top_coefficients`)
     held by the listed atoms that fire at least ``min_lift`` times more often on that category's
-    defects than on its normal images, and how many such atoms there are."""
+    defects than on its normal images, how many such atoms there are, and the listed atoms' firing
+    rates on defect patches and on normal images averaged with the guide's coefficients as weights
+    (does the guide *as a whole* fire more on the defects?)."""
     share = firing.merge(top[["atom", "share of L1"]], on="atom")
     share = share.assign(on_defects=share["lift"] >= min_lift)
     rows = []
     for (role, cat), part in share.groupby(["role", "category"], sort=False):
-        hit = part[part["on_defects"]]
+        hit, weight = part[part["on_defects"]], part["share of L1"] / part["share of L1"].sum()
         rows.append({"role": role, "category": cat, f"atoms with lift >= {min_lift:g}": len(hit),
                      "their share of the guide's L1 mass": round(float(hit["share of L1"].sum()), 4),
-                     "listed atoms' share": round(float(part["share of L1"].sum()), 4)})
+                     "listed atoms' share": round(float(part["share of L1"].sum()), 4),
+                     "weighted rate on defects": round(float((weight * part["on_defect"]).sum()), 4),
+                     "weighted rate on normal": round(float((weight * part["on_normal"]).sum()), 4)})
     return pd.DataFrame(rows)
 
 
