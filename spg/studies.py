@@ -3,8 +3,10 @@
 Each :class:`Study` is a list of labelled points (config overrides, as in :mod:`spg.sweeps`) and
 the axes to plot them on. :func:`run_study` sweeps a base config over the points and writes
 ``sweep.csv`` (every point, every target category), ``means.csv`` (the category means, one row per
-point, metrics in %), ``plot.png`` + ``plot.csv`` and ``study.json`` (the base config, the points
-and the wall time). ``python -m spg study NAME ...`` is the command line.
+point, metrics in %), ``table.csv`` (what the book shows), ``plot.png`` + ``plot.csv`` and
+``study.json`` (the base config, the points and the wall time). :func:`write_seed_spread`
+summarises one study run with several seeds. The command line is ``python -m spg study NAME ...``
+and ``python -m spg spread NAME FOLDERS... --out DIR``.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ STUDIES: dict[str, Study] = {
     "sae_size": _sae_size(), "guide_sparsity": _guide_sparsity(), "pooling": _pooling(), "token_grid": _token_grid(),
     "seeds": _seeds(),
 }
-"""The four ablation studies of the book, by name."""
+"""The book's studies by name: four ablations and the seed study that measures their noise."""
 
 
 def get_study(name: str) -> Study:
