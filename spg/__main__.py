@@ -50,18 +50,27 @@ def build_config(args: argparse.Namespace):
     return preset_config(args.preset, **sections, **top)
 
 
+def _out_dir(args: argparse.Namespace, name: str, key) -> Path:
+    """``--out``, or ``runs/<name>-<hash of key>`` (the same settings give the same folder)."""
+    return Path(args.out) if args.out else Path("runs") / f"{name}-{stable_hash(key, 8)}"
+
+
+def _wall_time(t0: float, where: str) -> None:
+    print(f"\nwall time {time.perf_counter() - t0:.1f} s; {where}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run
 
     cfg = build_config(args)
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{cfg.extract.backbone}-{stable_hash(cfg, 8)}"
+    out = _out_dir(args, f"{cfg.preset}-{cfg.extract.backbone}", cfg)
     t0 = time.perf_counter()
     result = run(cfg, out, save_maps=args.save_maps, progress=not args.quiet)
     table = result.evaluation.metrics
     print(f"\nSPG zero-shot results ({cfg.eval.image_score} image score; AUPRO "
           f"{'exact' if cfg.eval.aupro_thresholds is None else f'{cfg.eval.aupro_thresholds}-threshold'}):")
     print((table * 100).round(1).to_string())
-    print(f"\nwall time {time.perf_counter() - t0:.1f} s; results in {out.resolve()}")
+    _wall_time(t0, f"results in {out.resolve()}")
     print(f"  metrics: {out / 'metrics.json'}, {out / 'metrics.csv'}; config: {out / 'run_config.json'}")
     return 0
 
@@ -70,12 +79,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .baselines import compare
 
     cfg = build_config(args)
-    out = Path(args.out) if args.out else Path("runs") / f"compare-{cfg.preset}-{cfg.extract.backbone}-{stable_hash(cfg, 8)}"
+    out = _out_dir(args, f"compare-{cfg.preset}-{cfg.extract.backbone}", cfg)
     t0 = time.perf_counter()
     result = compare(cfg, out, progress=not args.quiet)
     print("\nSPG and baselines, mean over target categories (same tokens, same protocol):")
     print((result.means * 100).round(1).to_string())
-    print(f"\nwall time {time.perf_counter() - t0:.1f} s; per-category table in {(out / 'comparison.csv').resolve()}")
+    _wall_time(t0, f"per-category table in {(out / 'comparison.csv').resolve()}")
     return 0
 
 
@@ -89,11 +98,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not sep or "." not in key:
             raise SystemExit(f"--grid expects SECTION.FIELD=V1,V2,... (e.g. sae.k=8,16,32), got {item!r}")
         axes[key.replace(".", "__")] = values.split(",")
-    out = Path(args.out) if args.out else Path("runs") / f"sweep-{cfg.preset}-{stable_hash([cfg, args.grid], 8)}"
+    out = _out_dir(args, f"sweep-{cfg.preset}", [cfg, args.grid])
     t0 = time.perf_counter()
     frame = sweep(cfg, grid(**axes), out, progress=not args.quiet)
     print(means(frame).round(3).to_string())
-    print(f"\nwall time {time.perf_counter() - t0:.1f} s; table in {(out / 'sweep.csv').resolve()}")
+    _wall_time(t0, f"table in {(out / 'sweep.csv').resolve()}")
     return 0
 
 
@@ -101,11 +110,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     from .studies import run_study
 
     cfg = build_config(args)
-    out = Path(args.out) if args.out else Path("runs") / f"study-{args.study}-{stable_hash(cfg, 8)}"
+    out = _out_dir(args, f"study-{args.study}", cfg)
     t0 = time.perf_counter()
     table = run_study(args.study, cfg, out, progress=not args.quiet)
     print(table.drop(columns=[c for c in table.columns if "." in c]).to_string())
-    print(f"\nwall time {time.perf_counter() - t0:.1f} s; tables and plot in {out.resolve()}")
+    _wall_time(t0, f"tables and plot in {out.resolve()}")
     return 0
 
 
